@@ -1,0 +1,247 @@
+"""The Ray backend: every pCPU a Ray actor; hosts as placement groups; a domain-manager actor.
+
+Per host, a placement group (STRICT_PACK) keeps its pCPU actors on one Ray node, because they
+share the host's memory segment. pCPU 0's actor is the host's master: it creates the segment
+and the doorbells, runs the ``HostEngine``, and is the only actor the domain manager calls
+(one Ray call per host per coarse step). The other pCPU actors sit in one long ``serve`` call
+for the whole run, stepping their ``PcpuCore`` when the master rings (``cluster.backends.shm``);
+that call's result is their final report.
+
+The domain manager is a thin actor over ``cluster.manager.DomainManager``; callers use the
+typed handles below and never see ``.remote()``. Everything crossing an actor boundary is
+msgpack bytes (Ray moves bytes without pickling them): configs, commands, page batches,
+records and reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from hosts.host import HostEngine, make_core
+from hosts.memory import HostMemory, buffer_size
+
+from cluster.backends.shm import Doorbells, Segment, ShmPorts, packb, serve, unpackb
+from cluster.config import Plan, build_plan, host_spec, validate_doc
+
+ACTOR_CPUS = 0.01  # a logical share: pCPU actors are many and mostly wait on their doorbell
+PLACEMENT_TIMEOUT_S = 30.0
+
+
+class PlacementError(RuntimeError):
+    pass
+
+
+def _plain(obj: Any) -> Any:
+    """Results that msgpack cannot carry as is (numpy arrays) become plain data."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.astype(np.int64).tobytes()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+@ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)
+class PcpuActor:
+    """One pCPU. Thin: all logic is in PcpuCore (and, for pCPU 0, HostEngine)."""
+
+    def __init__(self, host_cfg: bytes, run_cfg: bytes, pcpu: int, seed: int, tag: str):
+        self.spec = host_spec(unpackb_dict(host_cfg), unpackb_dict(run_cfg))
+        self.pcpu = pcpu
+        self.seed = seed
+        self.tag = tag
+        self.seg: Segment | None = None
+        self.host: HostEngine | None = None
+
+    def whoami(self) -> tuple[int, str]:
+        return os.getpid(), ray.get_runtime_context().get_node_id()
+
+    def _mem_bytes(self) -> int:
+        return buffer_size(self.spec.mem_pages, self.spec.full_memory)
+
+    # --- master (pCPU 0) ---------------------------------------------------------------------
+    def create_segment(self) -> tuple[str, str, int]:
+        name = f"hvsim-{self.tag}-{self.spec.name}"
+        self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=True)
+        self.bells = Doorbells(self.spec.nr_pcpus)
+        return name, self.bells.dir, os.getpid()
+
+    def start_master(self, follower_pids: dict) -> bool:
+        memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=True)
+        core = make_core(self.spec, 0, {}, memory, self.seed, 0)
+        ports = ShmPorts(self.seg, self.bells, core.step, self.spec.name)
+        ports.follower_pids = {int(k): int(v) for k, v in follower_pids.items()}
+        self.ports = ports
+        self.core = core
+        self.host = HostEngine(self.spec, ports, memory, self.seed)
+        # every pCPU has mapped the segment and opened its doorbell: drop the names
+        self.seg.unlink()
+        self.bells.unlink_all()
+        return True
+
+    def call(self, req: bytes) -> bytes:
+        method, args = unpackb(req)
+        res = getattr(self.host, method)(*args)
+        return packb(_plain(res))
+
+    def stop(self) -> bool:
+        if self.host is not None:
+            self.ports.stop()
+        return True
+
+    # --- followers -----------------------------------------------------------------------------
+    def attach(self, name: str, fifo_dir: str, master_pid: int) -> int:
+        self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=False)
+        self.bells = Doorbells(self.spec.nr_pcpus, fifo_dir)
+        self.cmd_fd = self.bells.open(f"cmd{self.pcpu}")
+        self.done_fd = self.bells.open("done")
+        self.master_pid = master_pid
+        memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=False)
+        self.core = make_core(self.spec, self.pcpu, {}, memory, self.seed, 0)
+        return os.getpid()
+
+    def serve(self) -> bytes:
+        report = serve(self.seg, self.cmd_fd, self.done_fd, self.core.step, self.pcpu, self.master_pid)
+        return packb(report)
+
+
+def unpackb_dict(b: bytes) -> dict:
+    import msgpack
+
+    return msgpack.unpackb(b, raw=False, strict_map_key=False)
+
+
+class RayHost:
+    """Typed handle to a host: its master actor. ``submit`` returns a future."""
+
+    def __init__(self, name: str, master):
+        self.name = name
+        self.master = master
+
+    def submit(self, method: str, *args: Any):
+        return self.master.call.remote(packb((method, args)))
+
+    def result(self, fut) -> Any:
+        return unpackb(ray.get(fut))
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ManagerActor:
+    """The domain manager (toolstack) as an actor: a thin shell over DomainManager."""
+
+    def __init__(self, resolved: bytes, masters: dict):
+        from cluster.manager import DomainManager
+
+        plan = build_plan(validate_doc(unpackb_dict(resolved), "<resolved config>"))
+        self.mgr = DomainManager(plan, {name: RayHost(name, m) for name, m in masters.items()})
+
+    def call(self, method: str, args: tuple) -> bytes:
+        return packb(_plain(getattr(self.mgr, method)(*args)))
+
+
+class ManagerHandle:
+    """What the driver holds: DomainManager's methods, without ``.remote()``."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def __getattr__(self, method: str):
+        def call(*args):
+            return unpackb(ray.get(self.actor.call.remote(method, args)))
+
+        return call
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, plan: Plan, resolved: dict, tag: str):
+        self.plan = plan
+        self.resolved = resolved
+        self.tag = tag
+        self.pgs: dict[str, Any] = {}
+        self.actors: dict[str, list] = {}
+        self.serve_refs: dict[str, list] = {}
+        self.manager_actor = None
+        self.startup_s = 0.0
+        self.nodes: dict[str, str] = {}
+
+    def start(self) -> ManagerHandle:
+        t0 = time.perf_counter()
+        run_cfg = packb(self.resolved["run"])
+        host_cfgs = {h["name"]: h for h in self.resolved["hosts"]}
+        for name, spec in self.plan.hosts.items():
+            bundles = [{"CPU": ACTOR_CPUS} for _ in range(spec.nr_pcpus)]
+            self.pgs[name] = placement_group(bundles, strategy="STRICT_PACK", name=f"hvsim-{self.tag}-{name}")
+        for name, pg in self.pgs.items():
+            try:
+                ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise PlacementError(
+                    f"host {name}: no Ray node could take its {self.plan.hosts[name].nr_pcpus} pCPU actors together "
+                    f"within {PLACEMENT_TIMEOUT_S:.0f} s"
+                ) from None
+        for name, spec in self.plan.hosts.items():
+            hc = packb(host_cfgs[name])
+            self.actors[name] = [
+                PcpuActor.options(
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pgs[name], placement_group_bundle_index=c),
+                    name=None,
+                ).remote(hc, run_cfg, c, self.plan.seed, self.tag)
+                for c in range(spec.nr_pcpus)
+            ]
+        seg_refs = {name: acts[0].create_segment.remote() for name, acts in self.actors.items()}
+        segs = {name: ray.get(ref) for name, ref in seg_refs.items()}
+        attach_refs = {
+            name: {c: a.attach.remote(segs[name][0], segs[name][1], segs[name][2]) for c, a in enumerate(acts) if c > 0}
+            for name, acts in self.actors.items()
+        }
+        pids = {name: {c: ray.get(ref) for c, ref in refs.items()} for name, refs in attach_refs.items()}
+        ray.get([acts[0].start_master.remote({str(c): p for c, p in pids[name].items()}) for name, acts in self.actors.items()])
+        for name, acts in self.actors.items():
+            self.serve_refs[name] = [a.serve.remote() for a in acts[1:]]
+        self.nodes = {name: ray.get(acts[0].whoami.remote())[1] for name, acts in self.actors.items()}
+        masters = {name: acts[0] for name, acts in self.actors.items()}
+        self.manager_actor = ManagerActor.remote(packb(self.resolved), masters)
+        self.startup_s = time.perf_counter() - t0
+        try:
+            from cluster.raysession import note_children
+
+            note_children()
+        except Exception:
+            pass
+        return ManagerHandle(self.manager_actor)
+
+    def follower_reports(self) -> dict[str, list[dict]]:
+        out = {}
+        for name, refs in self.serve_refs.items():
+            out[name] = [unpackb(b) for b in ray.get(refs)]
+        return out
+
+    def shutdown(self) -> None:
+        for name, acts in self.actors.items():
+            for a in acts:
+                try:
+                    ray.kill(a)
+                except Exception:
+                    pass
+        if self.manager_actor is not None:
+            try:
+                ray.kill(self.manager_actor)
+            except Exception:
+                pass
+        for pg in self.pgs.values():
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+        self.actors = {}
+        self.pgs = {}
+        self.manager_actor = None

@@ -1,0 +1,204 @@
+"""The ``hvsim`` command line.
+
+Exit codes: 0 success; 1 a run that failed for another reason (the message says why); 2 bad
+input (config, flag, path, record: one message naming the file, the field and what is
+allowed); 130 interrupted. Set ``HVSIM_DEBUG=1`` to get tracebacks of internal errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config import ConfigError, json_schema, load_config
+from cluster.results import OutputError, atomic_write
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="hvsim: simulate clusters of Xen-style hosts on Ray (every pCPU a Ray actor).",
+)
+err = Console(stderr=True)
+out = Console()
+
+
+class Backend(str, Enum):
+    ray = "ray"
+    inline = "inline"
+
+
+def fail(code: int, msg: str) -> None:
+    err.print(f"[bold red]hvsim:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn):
+    """Turn known failures into one message and the right exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from cluster.runner import Interrupted
+
+        try:
+            return fn(*a, **kw)
+        except typer.Exit:
+            raise
+        except ConfigError as exc:
+            fail(2, _escape(str(exc)))
+        except OutputError as exc:
+            fail(2, _escape(str(exc)))
+        except (KeyboardInterrupt, Interrupted):
+            fail(130, "interrupted; the run directory was not written and Ray was shut down")
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            if os.environ.get("HVSIM_DEBUG"):
+                raise
+            fail(1, _escape(f"{exc.__class__.__name__}: {exc}") + " (set HVSIM_DEBUG=1 for a traceback)")
+
+    return wrapper
+
+
+def _escape(s: str) -> str:
+    return s.replace("[", "\\[")
+
+
+@app.command()
+@guarded
+def validate(
+    config: Path = typer.Argument(..., help="Config file (YAML)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: PATH=VALUE (repeatable)."),
+) -> None:
+    """Check a config file; print a one-line summary of what it describes."""
+    cfg, _ = load_config(config, set_)
+    nd = len(cfg.domains)
+    np_ = sum(h.pcpus for h in cfg.hosts)
+    out.print(f"{config}: ok: {len(cfg.hosts)} host(s), {np_} pCPU(s), {nd} domain(s), {len(cfg.events)} event(s), {cfg.run.duration_ms:g} ms")
+
+
+@app.command()
+@guarded
+def schema(output: Optional[Path] = typer.Option(None, "--out", help="Write the JSON Schema here instead of stdout.")) -> None:
+    """Print the JSON Schema of config files (point your editor's YAML plugin at it)."""
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output:
+        atomic_write(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+@guarded
+def run(
+    config: Path = typer.Argument(..., help="Config file (YAML)."),
+    backend: Backend = typer.Option(Backend.ray, "--backend", help="ray (one actor per pCPU) or inline (all in this process)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (auto or HOST:PORT) instead of starting one."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to write (default runs/NAME-TIMESTAMP)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Root seed (overrides run.seed)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field: PATH=VALUE (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only once the new run is complete)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table and no progress bar."),
+) -> None:
+    """Run a cluster simulation and write its run directory."""
+    from cluster.runner import install_signal_handlers, run_config
+
+    if seed is not None and seed < 0:
+        raise ConfigError(str(config), "--seed", f"{seed} is negative; a seed is an integer >= 0")
+    install_signal_handlers()
+    bar = _Progress(enabled=not quiet and err.is_terminal)
+    try:
+        res = run_config(
+            config,
+            backend=backend.value,
+            address=address,
+            out=out_dir,
+            seed=seed,
+            overrides=set_,
+            force=force,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    if not quiet:
+        print_summary(res.summary)
+    out.print(f"run directory: {res.out}")
+    out.print(f"trace_digest: {res.summary['trace_digest']}  wall {res.wall_s:.2f} s (+{res.startup_s:.2f} s start-up)")
+
+
+class _Progress:
+    """A rich progress bar that appears only if the run lasts more than two seconds."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.bar = None
+        self.task = None
+
+    def update(self, t: int, end: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.perf_counter() - self.t0 < 2.0:
+                return
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("simulating"),
+                BarColumn(),
+                TextColumn("{task.completed:.0f}/{task.total:.0f} ms"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("sim", total=end / 1e6)
+        self.bar.update(self.task, completed=t / 1e6)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_summary(s: dict) -> None:
+    t = Table(title=f"domains ({s['backend']}, {s['sim_time_ns'] / 1e9:g} s simulated, seed {s['seed']})")
+    for col in ("domain", "host", "vCPUs", "weight", "cap", "CPU %", "wake p50 us", "wake p99 us"):
+        t.add_column(col, justify="right" if col not in ("domain", "host") else "left")
+    for d in s["domains"]:
+        p50 = [v["wake_latency_us"]["p50"] for v in d["vcpus"] if v["wake_latency_us"]["p50"] is not None]
+        p99 = [v["wake_latency_us"]["p99"] for v in d["vcpus"] if v["wake_latency_us"]["p99"] is not None]
+        t.add_row(
+            d["name"],
+            d["host"],
+            str(len(d["vcpus"])),
+            str(d["weight"]),
+            str(d["cap"]),
+            f"{d['cpu_pct']:.2f}",
+            f"{max(p50):.1f}" if p50 else "-",
+            f"{max(p99):.1f}" if p99 else "-",
+        )
+    out.print(t)
+    pt = Table(title="pCPUs")
+    for col in ("host", "pCPU", "busy %", "switches"):
+        pt.add_column(col, justify="right" if col != "host" else "left")
+    for p in s["pcpus"]:
+        tot = p["busy_ns"] + p["idle_ns"]
+        pt.add_row(p["host"], str(p["id"]), f"{100 * p['busy_ns'] / tot:.1f}" if tot else "-", str(p["switches"]))
+    out.print(pt)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

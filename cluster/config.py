@@ -1,0 +1,565 @@
+"""The cluster config: typed pydantic models, YAML loading, and the one builder.
+
+Every field is typed, described and carries its unit in its name; unknown keys are errors.
+A scheduler's parameters are the model at the top of its module (``hosts/sched/*.py``) and a
+workload's at the top of ``hosts/workload.py``; this module gathers them into discriminated
+unions, so an unknown scheduler or workload name is an error that lists the known ones.
+
+``load_config`` turns a file (plus ``--set`` overrides) into a validated :class:`ClusterConfig`
+or raises :class:`ConfigError` naming the file, the field and what is allowed. ``build_plan``
+turns a config into the runtime objects (host specs, domain table entries with stable uids,
+timed events): the single place where specs become runtime objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import hosts.sched as sched_registry
+from hosts.clock import MS, US
+from hosts.domain import DomainInfo, mib_to_pages
+from hosts.host import HostSpec, PoolSpec
+from hosts.workload import WORKLOADS
+
+from cluster.paths import PathError, parse_assignment, set_path
+
+
+class ConfigError(ValueError):
+    """Bad input: names the file, the field and what is allowed. The CLI exits 2 on it."""
+
+    def __init__(self, file: str | None, field: str | None, msg: str):
+        self.file = file
+        self.field = field
+        self.msg = msg
+        where = file or "<config>"
+        super().__init__(f"{where}: {field}: {msg}" if field else f"{where}: {msg}")
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _union(models: tuple, key: str):
+    if len(models) == 1:
+        return Annotated[models[0], Field(discriminator=key)]
+    return Annotated[Union[models], Field(discriminator=key)]  # type: ignore[valid-type]
+
+
+SchedulerCfg = _union(tuple(e.params for e in sched_registry.REGISTRY.values()), "name")
+WorkloadCfg = _union(tuple(p for p, _ in WORKLOADS.values()), "kind")
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def default_scheduler() -> Any:
+    return sched_registry.get("credit").params()
+
+
+class RunCfg(_M):
+    seed: int = Field(0, ge=0, lt=1 << 63, description="Root seed; every entity derives its own stream from it and its name.")
+    duration_ms: float = Field(1000.0, gt=0, le=1e9, description="Simulated time to run, in ms.")
+    epoch_us: float = Field(
+        1000.0, ge=1, le=1e6, description="Epoch length in us: cross-pCPU effects (wakes, tickles, steals) are delivered at epoch boundaries."
+    )
+    skip_quiet_epochs: bool = Field(True, description="Skip boundaries at which provably nothing can happen (results are identical).")
+    trace_max_events: int = Field(2_000_000, ge=0, description="Run intervals kept per pCPU for the Perfetto trace (the digest covers all).")
+    control_period_ms: float = Field(100.0, gt=0, description="Longest simulated stretch hosts run between domain-manager steps, in ms.")
+
+
+class HypercallCostsCfg(_M):
+    entry_ns: int = Field(150, ge=1, description="Cost of entering and leaving Xen for any hypercall, in ns.")
+    evtchn_send_ns: int = Field(300, ge=0, description="EVTCHNOP_send, in ns.")
+    sched_op_ns: int = Field(200, ge=0, description="SCHEDOP_yield/block/poll, in ns.")
+    set_timer_ns: int = Field(200, ge=0, description="set_timer_op, in ns.")
+    memop_extent_ns: int = Field(250, ge=1, description="One 4 KiB extent of memory_op (increase/decrease/populate), in ns.")
+    mmu_update_ns: int = Field(180, ge=1, description="One validated PTE write of mmu_update (PV), in ns.")
+    mmuext_ns: int = Field(400, ge=1, description="One mmuext_op request (PV), in ns.")
+
+
+class PoolCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Pool name (Xen's Pool-0 holds dom0).")
+    cpus: list[int] = Field(min_length=1, description="pCPU ids of this host in the pool.")
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="The pool's scheduler and its parameters.")  # type: ignore[valid-type]
+
+
+class Dom0Cfg(_M):
+    vcpus: int = Field(1, ge=1, le=512, description="vCPUs of Domain-0.")
+    mem_mib: int = Field(256, ge=1, description="Memory of Domain-0, in MiB.")
+    weight: int = Field(256, ge=1, le=65535, description="Scheduler weight of Domain-0.")
+    cap: int = Field(0, ge=0, description="Cap of Domain-0 in % of one pCPU (0 = none).")
+    pin: bool = Field(False, description="Pin dom0 vCPU i to pCPU i (dom0_vcpus_pin).")
+
+
+class HostCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Host name, unique in the cluster.")
+    pcpus: int = Field(ge=1, le=1024, description="Physical CPUs; each one is a Ray actor under the Ray backend.")
+    mem_mib: int = Field(4096, ge=1, le=1 << 24, description="Host RAM in MiB.")
+    full_memory: bool = Field(False, description="Keep the 4 KiB of every page (default: an 8-byte content tag per page).")
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="Scheduler of the host's single pool (when 'pools' is not given).")  # type: ignore[valid-type]
+    pools: Optional[list[PoolCfg]] = Field(None, description="cpupools: split the host's pCPUs, each pool with its own scheduler.")
+    dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
+    hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
+
+
+Affinity = Union[list[int], list[list[int]]]
+
+
+class DomainCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Domain name, unique in the cluster.")
+    host: str = Field(description="Name of the host the domain starts on.")
+    pool: Optional[str] = Field(None, description="cpupool of the host (default: the first).")
+    vcpus: int = Field(1, ge=1, le=512, description="Number of vCPUs.")
+    mem_mib: int = Field(256, ge=1, description="Guest memory in MiB.")
+    max_mem_mib: Optional[int] = Field(None, ge=1, description="Upper bound for ballooning up, in MiB (default: mem_mib).")
+    weight: int = Field(256, ge=1, le=65535, description="Scheduler weight (Credit/Credit2), per vCPU.")
+    cap: int = Field(0, ge=0, description="Cap in % of one pCPU for the whole domain (0 = none); at most 100 x vCPUs.")
+    paging: Literal["pv", "hvm-shadow", "hvm-hap"] = Field("hvm-hap", description="Memory virtualisation mode.")
+    hard_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs may run on: one list for all, or one list per vCPU.")
+    soft_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs prefer: one list for all, or one list per vCPU.")
+    workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")  # type: ignore[valid-type]
+    vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")  # type: ignore[valid-type]
+    start_paused: bool = Field(False, description="Create the domain paused (unpause with an event).")
+
+
+class PinAction(_M):
+    domain: str = Field(description="Domain name.")
+    vcpu: int = Field(ge=0, description="vCPU index.")
+    hard: list[int] = Field(description="New hard affinity (pCPU ids).")
+    soft: list[int] = Field(default_factory=list, description="New soft affinity (pCPU ids).")
+
+
+class SetAction(_M):
+    domain: str = Field(description="Domain name.")
+    weight: Optional[int] = Field(None, ge=1, le=65535, description="New weight.")
+    cap: Optional[int] = Field(None, ge=0, description="New cap in % of one pCPU.")
+
+
+class DomainAction(_M):
+    domain: str = Field(description="Domain name.")
+
+
+class EventCfg(_M):
+    at_ms: float = Field(ge=0, description="Simulated time of the event, in ms.")
+    pin: Optional[PinAction] = Field(None, description="Change a vCPU's affinity (xl vcpu-pin).")
+    set: Optional[SetAction] = Field(None, description="Change a domain's scheduler parameters (xl sched-credit -d).")
+    pause: Optional[DomainAction] = Field(None, description="Pause a domain (xl pause).")
+    unpause: Optional[DomainAction] = Field(None, description="Unpause a domain (xl unpause).")
+    destroy: Optional[DomainAction] = Field(None, description="Destroy a domain (xl destroy).")
+
+    def action(self) -> tuple[str, BaseModel]:
+        acts = [(k, getattr(self, k)) for k in ACTIONS if getattr(self, k) is not None]
+        return acts[0]
+
+
+ACTIONS = ("pin", "set", "pause", "unpause", "destroy")
+
+
+class ClusterConfig(_M):
+    run: RunCfg = Field(default_factory=RunCfg, description="Run-wide settings.")
+    hosts: list[HostCfg] = Field(min_length=1, description="The physical hosts.")
+    domains: list[DomainCfg] = Field(default_factory=list, description="Guest domains (each host also has a Domain-0).")
+    events: list[EventCfg] = Field(default_factory=list, description="Timed toolstack actions.")
+
+    @field_validator("events")
+    @classmethod
+    def _one_action(cls, events: list[EventCfg]) -> list[EventCfg]:
+        for i, e in enumerate(events):
+            n = sum(getattr(e, k) is not None for k in ACTIONS)
+            if n != 1:
+                raise ValueError(f"event {i} must have exactly one action of: {', '.join(ACTIONS)}")
+        return events
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _loc_str(loc: tuple, doc: Any) -> str:
+    """A pydantic location as a readable path, using element names where they exist."""
+    parts: list[str] = []
+    node = doc
+    for step in loc:
+        if isinstance(step, int):
+            name = None
+            if isinstance(node, list) and 0 <= step < len(node) and isinstance(node[step], dict):
+                name = node[step].get("name")
+            parts.append(f"[{name}]" if name else f"[{step}]")
+            node = node[step] if isinstance(node, list) and 0 <= step < len(node) else None
+        else:
+            if isinstance(node, dict):
+                node = node.get(step)
+            else:
+                node = None
+            parts.append(f".{step}" if parts else str(step))
+    return "".join(parts)
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic adds union/discriminator tags ("credit", "function-after[...]") into locations
+    out = []
+    for step in loc:
+        if isinstance(step, str) and (step.startswith("function-") or step in _TAGS or "[" in step):
+            continue
+        out.append(step)
+    return tuple(out)
+
+
+_TAGS = set(sched_registry.REGISTRY) | set(WORKLOADS) | {"list[int]", "list[list[int]]"}
+
+
+def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
+    errs = exc.errors()
+    e = errs[0]
+    loc = _clean_loc(tuple(e["loc"]))
+    field_name = _loc_str(loc, doc) or "<top>"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}" + _allowed_keys_hint(loc)
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
+    return field_name, msg
+
+
+def _allowed_keys_hint(loc: tuple) -> str:
+    model: Any = ClusterConfig
+    for step in loc[:-1]:
+        if isinstance(step, int):
+            continue
+        f = getattr(model, "model_fields", {}).get(step)
+        if f is None:
+            return ""
+        ann = f.annotation
+        model = _model_of(ann)
+        if model is None:
+            return ""
+    fields = getattr(model, "model_fields", None)
+    return f"; allowed keys: {', '.join(fields)}" if fields else ""
+
+
+def _model_of(ann: Any):
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in typing.get_args(ann):
+        m = _model_of(a)
+        if m is not None:
+            return m
+    return None
+
+
+def load_doc(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(str(path), None, "file not found")
+    if p.is_dir():
+        raise ConfigError(str(path), None, "is a directory, expected a YAML config file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), None, f"cannot read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), where, f"not valid YAML: {problem}") from None
+    if doc is None:
+        raise ConfigError(str(path), None, "empty file; a config needs at least 'hosts'")
+    if not isinstance(doc, dict):
+        raise ConfigError(str(path), None, f"the top level must be a mapping, found {type(doc).__name__}")
+    return doc
+
+
+def apply_overrides(doc: dict, overrides: list[str], file: str) -> dict:
+    for text in overrides:
+        try:
+            path, value = parse_assignment(text)
+            doc = set_path(doc, path, value)
+        except PathError as exc:
+            raise ConfigError(file, f"--set {exc.path}", exc.msg) from None
+    return doc
+
+
+def validate_doc(doc: dict, file: str = "<config>") -> ClusterConfig:
+    try:
+        cfg = ClusterConfig.model_validate(doc)
+    except ValidationError as exc:
+        fld, msg = format_validation_error(exc, doc)
+        raise ConfigError(file, fld, msg) from None
+    check_config(cfg, file)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> tuple[ClusterConfig, dict]:
+    """Read, override, validate. Returns the config and the resolved document."""
+    doc = load_doc(path)
+    doc = apply_overrides(doc, overrides or [], str(path))
+    if seed is not None:
+        doc = set_path(doc, "run.seed", seed) if "run" in doc else {**doc, "run": {"seed": seed}}
+    cfg = validate_doc(doc, str(path))
+    return cfg, resolved_doc(cfg)
+
+
+def resolved_doc(cfg: ClusterConfig) -> dict:
+    return cfg.model_dump(mode="json", exclude_none=True)
+
+
+def config_digest(cfg: ClusterConfig) -> str:
+    return hashlib.sha256(json.dumps(resolved_doc(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_config(cfg: ClusterConfig, file: str) -> None:
+    """Cross-field rules pydantic cannot see field by field."""
+    host_names = [h.name for h in cfg.hosts]
+    _unique(host_names, "hosts", file)
+    _unique([d.name for d in cfg.domains], "domains", file)
+    hosts = {h.name: h for h in cfg.hosts}
+    for h in cfg.hosts:
+        if h.pools:
+            seen: dict[int, str] = {}
+            _unique([p.name for p in h.pools], f"hosts[{h.name}].pools", file)
+            for p in h.pools:
+                for c in p.cpus:
+                    if not 0 <= c < h.pcpus:
+                        raise ConfigError(file, f"hosts[{h.name}].pools[{p.name}].cpus", f"pCPU {c} does not exist; this host has pCPUs 0..{h.pcpus - 1}")
+                    if c in seen:
+                        raise ConfigError(file, f"hosts[{h.name}].pools[{p.name}].cpus", f"pCPU {c} is already in pool {seen[c]!r}; a pCPU is in at most one pool")
+                    seen[c] = p.name
+        dom0_pages = mib_to_pages(h.dom0.mem_mib)
+        if dom0_pages > mib_to_pages(h.mem_mib):
+            raise ConfigError(file, f"hosts[{h.name}].dom0.mem_mib", f"{h.dom0.mem_mib} MiB exceeds the host's {h.mem_mib} MiB")
+        if h.dom0.cap > 100 * h.dom0.vcpus:
+            raise ConfigError(file, f"hosts[{h.name}].dom0.cap", f"{h.dom0.cap} exceeds 100 x vCPUs ({100 * h.dom0.vcpus})")
+    for d in cfg.domains:
+        where = f"domains[{d.name}]"
+        if d.host not in hosts:
+            raise ConfigError(file, f"{where}.host", f"unknown host {d.host!r}; hosts: {', '.join(host_names)}")
+        h = hosts[d.host]
+        if d.cap > 100 * d.vcpus:
+            raise ConfigError(file, f"{where}.cap", f"{d.cap} exceeds 100 x vCPUs ({100 * d.vcpus}); a cap is in % of one pCPU for the whole domain")
+        if d.max_mem_mib is not None and d.max_mem_mib < d.mem_mib:
+            raise ConfigError(file, f"{where}.max_mem_mib", f"{d.max_mem_mib} is below mem_mib ({d.mem_mib})")
+        if d.workload is not None and d.vcpu_workloads is not None:
+            raise ConfigError(file, f"{where}.vcpu_workloads", "give either 'workload' (all vCPUs) or 'vcpu_workloads' (one per vCPU), not both")
+        if d.vcpu_workloads is not None and len(d.vcpu_workloads) != d.vcpus:
+            raise ConfigError(file, f"{where}.vcpu_workloads", f"has {len(d.vcpu_workloads)} entries; expected one per vCPU ({d.vcpus})")
+        pools = [p.name for p in h.pools] if h.pools else ["Pool-0"]
+        if d.pool is not None and d.pool not in pools:
+            raise ConfigError(file, f"{where}.pool", f"unknown pool {d.pool!r} on host {h.name}; pools: {', '.join(pools)}")
+        pool_cpus = _pool_cpus(h, d.pool)
+        for key in ("hard_affinity", "soft_affinity"):
+            aff = getattr(d, key)
+            if aff is None:
+                continue
+            lists = _affinity_lists(aff, d.vcpus)
+            if lists is None:
+                raise ConfigError(file, f"{where}.{key}", f"give one list of pCPUs, or one list per vCPU ({d.vcpus} lists)")
+            for lst in lists:
+                for c in lst:
+                    if not 0 <= c < h.pcpus:
+                        raise ConfigError(file, f"{where}.{key}", f"pCPU {c} does not exist on host {h.name} (pCPUs 0..{h.pcpus - 1})")
+                if key == "hard_affinity" and lst and not set(lst) & set(pool_cpus):
+                    raise ConfigError(file, f"{where}.{key}", f"no pCPU of {lst} is in the domain's pool ({pool_cpus})")
+    names = {d.name for d in cfg.domains}
+    for i, e in enumerate(cfg.events):
+        kind, act = e.action()
+        dom = getattr(act, "domain", None)
+        if dom is not None and dom not in names:
+            raise ConfigError(file, f"events[{i}].{kind}.domain", f"unknown domain {dom!r}; domains: {', '.join(sorted(names))}")
+        if kind == "pin":
+            d = next(x for x in cfg.domains if x.name == dom)
+            if act.vcpu >= d.vcpus:
+                raise ConfigError(file, f"events[{i}].pin.vcpu", f"domain {dom} has vCPUs 0..{d.vcpus - 1}")
+            h = hosts[d.host]
+            for c in list(act.hard) + list(act.soft):
+                if not 0 <= c < h.pcpus:
+                    raise ConfigError(file, f"events[{i}].pin", f"pCPU {c} does not exist on host {h.name}")
+        if kind == "set" and act.cap is not None:
+            d = next(x for x in cfg.domains if x.name == dom)
+            if act.cap > 100 * d.vcpus:
+                raise ConfigError(file, f"events[{i}].set.cap", f"{act.cap} exceeds 100 x vCPUs ({100 * d.vcpus})")
+        if e.at_ms > cfg.run.duration_ms:
+            raise ConfigError(file, f"events[{i}].at_ms", f"{e.at_ms} is after the end of the run ({cfg.run.duration_ms} ms)")
+    check_memory(cfg, file)
+
+
+def check_memory(cfg: ClusterConfig, file: str) -> None:
+    used: dict[str, int] = {h.name: mib_to_pages(h.dom0.mem_mib) for h in cfg.hosts}
+    cap = {h.name: mib_to_pages(h.mem_mib) for h in cfg.hosts}
+    for d in cfg.domains:
+        pages = mib_to_pages(d.mem_mib)
+        if used[d.host] + pages > cap[d.host]:
+            free = cap[d.host] - used[d.host]
+            raise ConfigError(
+                file,
+                f"domains[{d.name}].mem_mib",
+                f"{d.mem_mib} MiB does not fit on host {d.host}: {free * 4096 >> 20} MiB free after Domain-0 and the domains before it",
+            )
+        used[d.host] += pages
+
+
+def _unique(names: list[str], where: str, file: str) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(file, f"{where}[{n}].name", f"duplicate name {n!r}")
+        seen.add(n)
+
+
+def _affinity_lists(aff: Any, nvcpus: int) -> list[list[int]] | None:
+    if not aff:
+        return [[] for _ in range(nvcpus)]
+    if all(isinstance(x, int) for x in aff):
+        return [list(aff) for _ in range(nvcpus)]
+    if all(isinstance(x, list) for x in aff) and len(aff) == nvcpus:
+        return [list(x) for x in aff]
+    return None
+
+
+def _pool_cpus(h: HostCfg, pool: str | None) -> list[int]:
+    if not h.pools:
+        return list(range(h.pcpus))
+    p = next((p for p in h.pools if p.name == pool), h.pools[0])
+    return list(p.cpus)
+
+
+# ---------------------------------------------------------------------------------------------
+# the builder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TimedEvent:
+    at_ns: int
+    index: int
+    kind: str
+    args: dict
+
+
+@dataclass
+class Plan:
+    """Everything a backend needs, as plain runtime objects."""
+
+    seed: int
+    duration_ns: int
+    control_period_ns: int
+    hosts: dict[str, HostSpec]
+    host_cfgs: dict[str, dict]
+    domains: list[DomainInfo]  # dom0s first, then guests, uids 1..n
+    dom_host: dict[int, str]
+    events: list[TimedEvent] = field(default_factory=list)
+
+
+def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
+    """A HostSpec from a host config (also used inside actors, from the plain dict)."""
+    if isinstance(h, dict):
+        h = HostCfg.model_validate(h)
+    if isinstance(run, dict):
+        run = RunCfg.model_validate(run)
+    if h.pools:
+        pools = [PoolSpec(i, p.name, tuple(sorted(p.cpus)), p.scheduler.name, p.scheduler) for i, p in enumerate(h.pools)]
+    else:
+        pools = [PoolSpec(0, "Pool-0", tuple(range(h.pcpus)), h.scheduler.name, h.scheduler)]
+    return HostSpec(
+        name=h.name,
+        nr_pcpus=h.pcpus,
+        mem_pages=mib_to_pages(h.mem_mib),
+        pools=pools,
+        full_memory=h.full_memory,
+        epoch_ns=int(round(run.epoch_us * US)),
+        skip_quiet=run.skip_quiet_epochs,
+        trace_max=run.trace_max_events * 3,
+        costs=h.hypercall_costs.model_dump(),
+    )
+
+
+def build_plan(cfg: ClusterConfig) -> Plan:
+    hosts = {h.name: host_spec(h, cfg.run) for h in cfg.hosts}
+    domains: list[DomainInfo] = []
+    dom_host: dict[int, str] = {}
+    uid = 0
+    for h in cfg.hosts:
+        uid += 1
+        d0 = h.dom0
+        aff = [[i % h.pcpus] for i in range(d0.vcpus)] if d0.pin else []
+        pages = mib_to_pages(d0.mem_mib)
+        domains.append(
+            DomainInfo(
+                uid=uid,
+                name="Domain-0",
+                key=f"{h.name}/Domain-0",
+                nr_vcpus=d0.vcpus,
+                mem_pages=pages,
+                max_pages=pages,
+                paging="pv",
+                weight=d0.weight,
+                cap=d0.cap,
+                pool=0,
+                is_dom0=True,
+                workloads=[{"kind": "idle"} for _ in range(d0.vcpus)],
+                hard_affinity=aff,
+            )
+        )
+        dom_host[uid] = h.name
+    host_cfg = {h.name: h for h in cfg.hosts}
+    for d in cfg.domains:
+        uid += 1
+        h = host_cfg[d.host]
+        pool_names = [p.name for p in h.pools] if h.pools else ["Pool-0"]
+        pool = pool_names.index(d.pool) if d.pool else 0
+        if d.vcpu_workloads is not None:
+            wls = [w.model_dump() for w in d.vcpu_workloads]
+        else:
+            w = d.workload.model_dump() if d.workload is not None else {"kind": "cpu"}
+            wls = [dict(w) for _ in range(d.vcpus)]
+        pages = mib_to_pages(d.mem_mib)
+        domains.append(
+            DomainInfo(
+                uid=uid,
+                name=d.name,
+                key=d.name,
+                nr_vcpus=d.vcpus,
+                mem_pages=pages,
+                max_pages=mib_to_pages(d.max_mem_mib) if d.max_mem_mib else pages,
+                paging=d.paging,
+                weight=d.weight,
+                cap=d.cap,
+                pool=pool,
+                workloads=wls,
+                hard_affinity=_affinity_lists(d.hard_affinity, d.vcpus) if d.hard_affinity else [],
+                soft_affinity=_affinity_lists(d.soft_affinity, d.vcpus) if d.soft_affinity else [],
+                paused=1 if d.start_paused else 0,
+            )
+        )
+        dom_host[uid] = d.host
+    events = []
+    for i, e in enumerate(cfg.events):
+        kind, act = e.action()
+        events.append(TimedEvent(int(round(e.at_ms * MS)), i, kind, act.model_dump()))
+    events.sort(key=lambda x: (x.at_ns, x.index))
+    return Plan(
+        seed=cfg.run.seed,
+        duration_ns=int(round(cfg.run.duration_ms * MS)),
+        control_period_ns=int(round(cfg.run.control_period_ms * MS)),
+        hosts=hosts,
+        host_cfgs={h.name: h.model_dump(mode="json") for h in cfg.hosts},
+        domains=domains,
+        dom_host=dom_host,
+        events=events,
+    )
+
+
+def json_schema() -> dict:
+    return ClusterConfig.model_json_schema()

@@ -1,0 +1,141 @@
+"""From per-pCPU reports to the run's figures: ``summary.json`` and tidy tables.
+
+Each pCPU reports its busy/idle time, the digest of its switches, its run intervals, the
+wake-to-run latencies it observed (per vCPU) and the runstate totals of the vCPUs it holds
+at the end. A vCPU is held by exactly one pCPU at the end (in-flight moves are delivered
+before the books close), so per-vCPU figures are sums over reports without double counting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from hosts.vcpu import make_vid
+
+from cluster.config import Plan
+
+
+def percentiles_us(samples_ns: list[int]) -> dict[str, float | int | None]:
+    if not samples_ns:
+        return {"p50": None, "p99": None, "max": None, "count": 0}
+    a = np.asarray(samples_ns, dtype=np.float64) / 1000.0
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "max": round(float(a.max()), 3),
+        "count": int(a.size),
+    }
+
+
+def trace_digest(reports: dict[str, list[dict]], host_order: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for host in host_order:
+        for r in sorted(reports[host], key=lambda r: r["pcpu"]):
+            h.update(f"{host}:{r['pcpu']}:{r['digest']};".encode())
+    return h.hexdigest()
+
+
+def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int, str], destroyed: set[int], backend: str, sim_ns: int, extra: dict | None = None) -> dict:
+    host_order = list(plan.hosts)
+    pcpus = []
+    runstate: dict[int, list[int]] = {}
+    lat: dict[int, list[int]] = {}
+    hv_stays: list[int] = []
+    hcalls: dict[str, list[int]] = {}
+    counters: dict[str, int] = {}
+    events = switches = 0
+    for host in host_order:
+        for r in sorted(reports[host], key=lambda r: r["pcpu"]):
+            pcpus.append({"host": host, "id": r["pcpu"], "busy_ns": r["busy_ns"], "idle_ns": r["idle_ns"], "switches": r["switches"], "events": r["events"]})
+            events += r["events"]
+            switches += r["switches"]
+            for vid, info in r["vcpus"].items():
+                runstate[int(vid)] = list(info["runstate_ns"])
+            for vid, rs in r.get("departed", {}).items():
+                runstate.setdefault(int(vid), list(rs))
+            for vid, samples in r["wake_lat"].items():
+                lat.setdefault(int(vid), []).extend(samples)
+            hv_stays.extend(r["hv_stays"])
+            for name, (n, pre) in r["hv_by_kind"].items():
+                c = hcalls.setdefault(name, [0, 0])
+                c[0] += n
+                c[1] += pre
+            for k, v in r.get("metrics", {}).items():
+                counters[k] = counters.get(k, 0) + v
+    domains = []
+    for d in plan.domains:
+        vcpus = []
+        run_total = 0
+        for i in range(d.nr_vcpus):
+            vid = make_vid(d.uid, i)
+            rs = runstate.get(vid, [0, 0, 0, 0])
+            run_total += rs[0]
+            vcpus.append(
+                {
+                    "id": i,
+                    "running_ns": rs[0],
+                    "runnable_ns": rs[1],
+                    "blocked_ns": rs[2],
+                    "offline_ns": rs[3],
+                    "wake_latency_us": percentiles_us(lat.get(vid, [])),
+                }
+            )
+        entry = {
+            "name": d.name,
+            "host": where.get(d.uid, plan.dom_host[d.uid]),
+            "uid": d.uid,
+            "dom0": d.is_dom0,
+            "weight": d.weight,
+            "cap": d.cap,
+            "cpu_pct": round(100.0 * run_total / sim_ns, 4) if sim_ns else 0.0,
+            "vcpus": vcpus,
+        }
+        if d.uid in destroyed:
+            entry["destroyed"] = True
+        domains.append(entry)
+    hv = percentiles_us(hv_stays)
+    summary: dict[str, Any] = {
+        "seed": plan.seed,
+        "backend": backend,
+        "sim_time_ns": sim_ns,
+        "trace_digest": trace_digest(reports, host_order),
+        "pcpus": pcpus,
+        "domains": domains,
+        "hypercalls": {
+            "by_kind": {k: {"count": v[0], "preempted": v[1]} for k, v in sorted(hcalls.items())},
+            "hypervisor_stay_us": hv,
+        },
+        "counters": counters,
+        "scheduler_events": events,
+        "context_switches": switches,
+    }
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def vcpu_rows(summary: dict) -> list[dict]:
+    rows = []
+    for d in summary["domains"]:
+        for v in d["vcpus"]:
+            w = v["wake_latency_us"]
+            rows.append(
+                {
+                    "domain": d["name"],
+                    "host": d["host"],
+                    "vcpu": v["id"],
+                    "running_ns": v["running_ns"],
+                    "runnable_ns": v["runnable_ns"],
+                    "blocked_ns": v["blocked_ns"],
+                    "offline_ns": v["offline_ns"],
+                    "cpu_pct": round(100.0 * v["running_ns"] / summary["sim_time_ns"], 4) if summary["sim_time_ns"] else 0.0,
+                    "wake_count": w["count"],
+                    "wake_p50_us": w["p50"],
+                    "wake_p99_us": w["p99"],
+                    "wake_max_us": w["max"],
+                }
+            )
+    return rows

@@ -1,0 +1,139 @@
+"""Starting, joining and leaving Ray, leaving nothing behind.
+
+* Embedded (no address): start a private local Ray in a fresh temporary directory, with the
+  dashboard off. A small *reaper* process (``python -m cluster.reaper``) is started first; it
+  waits on a pipe only this process holds and, when the pipe breaks (this process exited,
+  however it died, SIGKILL included), it kills whatever is left of the Ray processes it saw
+  being born (they are descendants of this process) and removes the temporary directory and
+  any of the run's shared-memory names. On a normal exit we shut Ray down first and the reaper
+  only finds nothing to do.
+* ``--address`` (``auto`` or ``HOST:PORT``): join an existing cluster. We never stop a cluster we
+  did not start: leaving only disconnects this driver. Ray's token authentication stays on; a
+  driver on the cluster's machine finds the token by itself.
+* Already initialised in this process (the test suite starts Ray once): reuse it, leave it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+_reaper: subprocess.Popen | None = None
+_reaper_fd: int | None = None
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class RaySession:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, run_tag: str | None = None):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.run_tag = run_tag or run_id()
+        self.owned = False  # we started the cluster
+        self.joined = False  # we called ray.init
+        self.tmpdir: str | None = None
+        self.startup_s = 0.0
+
+    def __enter__(self) -> "RaySession":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "RaySession":
+        import ray
+
+        t0 = time.perf_counter()
+        if ray.is_initialized():
+            self.startup_s = 0.0
+            return self
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if self.address:
+            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=True)
+            self.joined = True
+        else:
+            self.tmpdir = tempfile.mkdtemp(prefix="hvsim-ray-")
+            start_reaper(self.tmpdir, self.run_tag)
+            ncpu = self.num_cpus or max(2, os.cpu_count() or 2)
+            ray.init(
+                num_cpus=ncpu,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=True,
+                _temp_dir=self.tmpdir,
+            )
+            self.owned = True
+            self.joined = True
+            note_children()
+        self.startup_s = time.perf_counter() - t0
+        return self
+
+    def close(self) -> None:
+        import ray
+
+        if self.joined and ray.is_initialized():
+            ray.shutdown()  # stops the cluster only if we started it; otherwise disconnects
+        self.joined = False
+        if self.owned:
+            stop_reaper()
+            if self.tmpdir:
+                import shutil
+
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.owned = False
+
+
+def start_reaper(tmpdir: str, tag: str) -> None:
+    """Start the reaper; it watches this process through a pipe."""
+    global _reaper, _reaper_fd
+    if _reaper is not None and _reaper.poll() is None:
+        stop_reaper()
+    r, w = os.pipe()
+    _reaper = subprocess.Popen(
+        [sys.executable, "-m", "cluster.reaper", str(os.getpid()), tmpdir, tag],
+        stdin=r,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,  # Ctrl-C to our group must not kill the reaper first
+    )
+    os.close(r)
+    _reaper_fd = w
+
+
+def note_children() -> None:
+    """Tell the reaper which processes Ray started (it kills them if we die)."""
+    if _reaper_fd is None:
+        return
+    try:
+        import psutil
+
+        kids = psutil.Process().children(recursive=True)
+        line = " ".join(f"{p.pid}:{p.create_time()}" for p in kids if _reaper is None or p.pid != _reaper.pid)
+        os.write(_reaper_fd, (line + "\n").encode())
+    except Exception:
+        pass
+
+
+def stop_reaper() -> None:
+    global _reaper, _reaper_fd
+    if _reaper_fd is not None:
+        try:
+            os.write(_reaper_fd, b"DONE\n")
+            os.close(_reaper_fd)
+        except OSError:
+            pass
+        _reaper_fd = None
+    if _reaper is not None:
+        try:
+            _reaper.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _reaper.kill()
+        _reaper = None

@@ -1,0 +1,157 @@
+"""One simulation run, end to end, on either backend, leaving nothing behind.
+
+``run_config`` validates the config, builds the plan, starts the backend (inline objects, or
+Ray actors on an embedded or existing Ray), lets the domain manager create the domains and
+drive the hosts to the end, collects every pCPU's report, and writes the run directory
+atomically. Whatever happens (an error, Ctrl-C, SIGTERM), the backend is shut down, Ray is
+stopped if we started it (left alone if we joined it), and the half-built run directory is
+removed; a directory that already existed is untouched.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from cluster.backends.inline import InlineBackend
+from cluster.config import ClusterConfig, Plan, build_plan, config_digest, load_config
+from cluster.manager import DomainManager
+from cluster.metrics import build_summary, vcpu_rows
+from cluster.results import RunDir, write_run
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so every ``finally`` runs."""
+
+
+@dataclass
+class RunResult:
+    out: Path | None
+    summary: dict
+    wall_s: float
+    startup_s: float
+    reports: dict[str, list[dict]] = field(repr=False, default_factory=dict)
+    manager_state: dict = field(repr=False, default_factory=dict)
+
+
+def default_out(config_path: str | Path) -> Path:
+    stem = Path(config_path).stem
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+
+
+def _sigterm(signum, frame):  # pragma: no cover - exercised by the kill test in a subprocess
+    raise Interrupted()
+
+
+def install_signal_handlers() -> None:
+    try:
+        signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:
+        pass  # not the main thread
+
+
+def run_config(
+    config_path: str | Path,
+    *,
+    backend: str = "ray",
+    address: str | None = None,
+    out: str | Path | None = None,
+    seed: int | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    write: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    cfg, resolved = load_config(config_path, overrides or [], seed)
+    return run_loaded(cfg, resolved, config_path=config_path, backend=backend, address=address, out=out, force=force, write=write, progress=progress)
+
+
+def run_loaded(
+    cfg: ClusterConfig,
+    resolved: dict,
+    *,
+    config_path: str | Path = "config",
+    backend: str = "ray",
+    address: str | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    write: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    plan = build_plan(cfg)
+    rd = RunDir(Path(out) if out else default_out(config_path), force=force) if write else None
+    session = None
+    be: Any = None
+    try:
+        t0 = time.perf_counter()
+        if backend == "inline":
+            be = InlineBackend(plan)
+            mgr: Any = DomainManager(plan, be.start())
+        elif backend == "ray":
+            from cluster.backends.ray_backend import RayBackend
+            from cluster.raysession import RaySession, run_id
+
+            tag = run_id()
+            session = RaySession(address=address, run_tag=tag).start()
+            be = RayBackend(plan, resolved, tag)
+            mgr = be.start()
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use ray or inline")
+        startup_s = time.perf_counter() - t0 + (session.startup_s if session else 0.0)
+        t1 = time.perf_counter()
+        mgr.setup()
+        _drive(mgr, plan, progress)
+        reports = mgr.finish()
+        reports = {h: list(rs) for h, rs in reports.items()}
+        if backend == "ray":
+            for h, frs in be.follower_reports().items():
+                reports[h] = [reports[h][0]] + frs
+        state = mgr.state()
+        wall = time.perf_counter() - t1
+        summary = build_summary(
+            plan,
+            reports,
+            where={int(k): v for k, v in state["where"].items()},
+            destroyed=set(state["destroyed"]),
+            backend=backend,
+            sim_ns=plan.duration_ns,
+            extra={"wall_s": round(wall, 4), "startup_s": round(startup_s, 4), "config_digest": config_digest(cfg), **state.get("extra", {})},
+        )
+        path = None
+        if rd is not None:
+            names = {d.uid: d.name for d in plan.domains}
+            write_run(
+                rd,
+                resolved=resolved,
+                summary=summary,
+                vcpu_rows=vcpu_rows(summary),
+                reports=reports,
+                names=names,
+                toolstack=list(state["log"]),
+                extra_files=state.get("files", {}),
+            )
+            path = rd.commit()
+        return RunResult(path, summary, wall, startup_s, reports, state)
+    finally:
+        if rd is not None:
+            rd.abort()
+        if be is not None:
+            be.shutdown()
+        if session is not None:
+            session.close()
+
+
+def _drive(mgr: Any, plan: Plan, progress: Callable[[int, int], None] | None) -> None:
+    """Run to the end in chunks (pure pause points: results do not depend on them)."""
+    end = plan.duration_ns
+    chunk = max(end // 50, 1_000_000)
+    t = 0
+    while t < end:
+        t = min(end, t + chunk)
+        mgr.run_until(t)
+        if progress is not None:
+            progress(t, end)

@@ -1,0 +1,510 @@
+"""HostEngine: one host's master, running the epoch protocol over its pCPUs.
+
+The pCPUs of a host advance independently between **epoch boundaries** (a grid of
+``epoch_ns``, 1 ms by default: Xen's default rate limit, so a cross-pCPU effect is late by at
+most one epoch). At a boundary T the master:
+
+1. gathers each pCPU's outbox (messages stamped with their emission time), its scheduler
+   summary and its horizon (the time of its next event);
+2. sorts every message by (time, source pCPU, sequence): the total order that makes the run
+   deterministic whatever the processes' timing;
+3. routes them: a vCPU moving to a pCPU first (the directory of who holds which vCPU is updated
+   in that order), then wakes and event notifications to whoever holds the target vCPU,
+   tickles to their pCPU, pool messages to the pool half of the scheduler;
+4. runs each pool's boundary work (Credit's accounting when due, steal requests) as a pure
+   function of the summaries, adding its instructions;
+5. sends every pCPU its inbox; they handle it *at T* and reply; repeat from 1 until no pCPU has
+   anything to deliver (micro-rounds, so a wake -> tickle -> steal -> move chain resolves at T).
+
+A boundary at which nothing can happen is skipped: the next boundary is the first grid point
+after the earliest pending event of any pCPU (any event may emit a message), or the pool's next
+due time, whichever is earlier. Skipping only removes boundaries that would have had nothing to
+deliver, so results are identical with and without it (a test checks this).
+
+Toolstack commands (create, destroy, pause, unpause, export vCPUs, memory operations) run
+between ``run_until`` calls, when every pCPU stands at the same instant; their inbox items are
+handled at that instant and any messages they cause wait for the next boundary, like any
+message emitted between boundaries.
+
+The pCPUs are reached through ``ports``: ``InlinePorts`` calls ``PcpuCore.step`` in this
+process; the Ray backend's ports reach actors over shared memory. The protocol is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from hosts.clock import NEVER
+from hosts.codec import pack_vcpu, unpack_vcpu
+from hosts.domain import DomainInfo, EvtchnBinding
+from hosts.memory import HostMemory
+from hosts.pcpu import XFER_PLACE, PcpuCore
+from hosts.sched import get as get_sched
+from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
+
+MAX_ROUNDS = 16
+MAX_REFILL = 1 << 16  # frames given to one pCPU's allocation cache per boundary
+
+
+class Ports(Protocol):
+    def exchange(self, cmds: dict[int, tuple]) -> dict[int, Any]: ...
+
+
+@dataclass
+class PoolSpec:
+    """A cpupool: a set of the host's pCPUs running one scheduler instance."""
+
+    pool_id: int
+    name: str
+    cpus: tuple[int, ...]
+    sched: str
+    params: Any  # the scheduler's params model
+
+
+@dataclass
+class HostSpec:
+    name: str
+    nr_pcpus: int
+    mem_pages: int
+    pools: list[PoolSpec]
+    full_memory: bool = False
+    epoch_ns: int = 1_000_000
+    skip_quiet: bool = True
+    trace_max: int = 2_000_000
+    costs: dict = field(default_factory=dict)
+
+    def pool_of_cpu(self) -> dict[int, int]:
+        out = {}
+        for p in self.pools:
+            for c in p.cpus:
+                out[c] = p.pool_id
+        return out
+
+
+class HostError(RuntimeError):
+    pass
+
+
+def make_core(spec: HostSpec, pcpu: int, domains: dict[int, DomainInfo], memory, root_seed: int, start_ns: int) -> PcpuCore:
+    """Build the PcpuCore for ``pcpu`` of host ``spec`` (the same everywhere it runs)."""
+    from hosts.hypercalls import HypercallCosts
+
+    pool = next(p for p in spec.pools if pcpu in p.cpus)
+    entry = get_sched(pool.sched)
+    return PcpuCore(
+        host=spec.name,
+        pcpu=pcpu,
+        pool_cpus=pool.cpus,
+        sched_entry=entry,
+        sched_params=pool.params,
+        domains=domains,
+        memory=memory,
+        root_seed=root_seed,
+        trace_max=spec.trace_max,
+        start_ns=start_ns,
+        costs=HypercallCosts(**spec.costs),
+    )
+
+
+class InlinePorts:
+    """All pCPUs in this process; ``exchange`` runs each one's step in pCPU order."""
+
+    def __init__(self, cores: dict[int, PcpuCore]):
+        self.cores = cores
+
+    def exchange(self, cmds: dict[int, tuple]) -> dict[int, Any]:
+        return {i: self.cores[i].step(cmd) for i, cmd in sorted(cmds.items())}
+
+
+class HostEngine:
+    """The master of one host. Plain class: runs in the driver (inline) or in pCPU 0's actor."""
+
+    def __init__(self, spec: HostSpec, ports: Ports, memory: HostMemory | None, root_seed: int, start_ns: int = 0):
+        self.spec = spec
+        self.ports = ports
+        self.memory = memory
+        self.root_seed = root_seed
+        self.now = start_ns
+        self.epoch = spec.epoch_ns
+        self.cpus = tuple(range(spec.nr_pcpus))
+        self.pool_of = spec.pool_of_cpu()
+        self.pools: dict[int, Any] = {}
+        self.pool_specs = {p.pool_id: p for p in spec.pools}
+        for p in spec.pools:
+            entry = get_sched(p.sched)
+            ps = entry.pool(p.params, p.cpus, start_ns)
+            ps.locate = self.locate
+            self.pools[p.pool_id] = ps
+        self.domains: dict[int, DomainInfo] = {}
+        self.directory: dict[int, int] = {}
+        self.summaries: dict[int, Any] = {c: None for c in self.cpus}
+        self.idle: dict[int, bool] = {c: True for c in self.cpus}
+        self.horizons: dict[int, int] = {c: start_ns for c in self.cpus}
+        self.held: list[tuple] = []  # messages emitted between boundaries by command rounds
+        self.sent_view: dict[int, tuple] = {}
+        self.exported: dict[int, bytes | None] = {}
+        self.host_events: list[tuple] = []  # (time, kind, ...) for the toolstack (shutdowns)
+        self.pending: dict[int, list] = {}
+        self.want_frames: dict[int, int] = {}
+        self.boundaries = 0
+        self.rounds = 0
+        self.finished = False
+        self.dead = False
+
+    # --- directory ---------------------------------------------------------------------------
+    def locate(self, vid: int) -> int:
+        return self.directory[vid]
+
+    # --- time --------------------------------------------------------------------------------
+    def _grid_after(self, t: int) -> int:
+        return (t // self.epoch + 1) * self.epoch
+
+    def _grid_ceil(self, t: int) -> int:
+        return -(-t // self.epoch) * self.epoch
+
+    def next_boundary(self) -> int:
+        nxt = self._grid_after(self.now)
+        if not self.spec.skip_quiet or self.held:
+            return nxt
+        h = min(self.horizons.values())
+        cand = self._grid_after(h) if h < NEVER else NEVER
+        for ps in self.pools.values():
+            due = ps.next_due(self.now)
+            if due < NEVER:
+                cand = min(cand, max(self._grid_ceil(due), nxt))
+        return max(nxt, cand)
+
+    def run_until(self, t_end: int) -> None:
+        """Advance every pCPU to ``t_end``, holding every boundary on the way."""
+        if self.finished:
+            raise HostError(f"host {self.spec.name}: already finished")
+        while self.now < t_end:
+            T = self.next_boundary()
+            if T > t_end:
+                replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)), t_end) for c in self.cpus})
+                self.now = t_end
+                self._absorb(replies, hold=True)
+                return
+            replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)), T) for c in self.cpus})
+            self.now = T
+            self._boundary(replies)
+
+    # --- the boundary ----------------------------------------------------------------------------
+    def _absorb(self, replies: dict[int, Any], hold: bool) -> list[tuple]:
+        """Record summaries and horizons; return (or hold) the messages, sorted."""
+        msgs = []
+        for c, (out, summ, horizon, idle) in replies.items():
+            self.summaries[c] = summ
+            self.horizons[c] = horizon
+            self.idle[c] = idle
+            for j, m in enumerate(out):
+                msgs.append((m[1], c, j, m))
+        if hold:
+            self.held.extend(msgs)
+            return []
+        if self.held:
+            msgs = self.held + msgs
+            self.held = []
+        msgs.sort(key=lambda x: (x[0], x[1], x[2]))
+        return msgs
+
+    def _boundary(self, replies: dict[int, Any]) -> None:
+        self.boundaries += 1
+        first = True
+        for _ in range(MAX_ROUNDS):
+            msgs = self._absorb(replies, hold=False)
+            inbox = self._route(msgs, first)
+            first = False
+            if not any(inbox.values()):
+                self._after_boundary()
+                return
+            self.rounds += 1
+            replies = self.ports.exchange({c: ("run", tuple(items), self.now) for c, items in inbox.items() if items})
+        # Give up resolving at this instant; what is left waits for the next boundary.
+        self._absorb(replies, hold=True)
+        self._after_boundary()
+
+    def _route(self, msgs: list[tuple], first_round: bool) -> dict[int, list]:
+        gives: dict[int, list] = {c: [] for c in self.cpus}
+        xfers: dict[int, list] = {c: [] for c in self.cpus}
+        others: dict[int, list] = {c: [] for c in self.cpus}
+        pool_items: dict[int, list] = {c: [] for c in self.cpus}
+        steal_reqs: dict[int, list] = {}
+        for t, src, _j, m in msgs:
+            kind = m[0]
+            if kind == "xfer":
+                _, _t, vid, to, rec, xk = m
+                self.directory[vid] = to
+                xfers[to].append(("xfer", rec, xk, None))
+            elif kind == "evt":
+                _, _t, vid, port, payload = m
+                c = self.directory.get(vid)
+                if c is not None:
+                    others[c].append(("evt", vid, port, payload))
+            elif kind == "tickle":
+                others[m[2]].append(("tickle",))
+            elif kind == "pool":
+                self.pools[self.pool_of[src]].on_msg(src, m[2])
+            elif kind == "steal":
+                steal_reqs.setdefault(self.pool_of[src], []).append((t, src, m[2]))
+            elif kind == "host":
+                self._host_msg(src, t, m[2], others)
+            elif kind == "exported":
+                _, _t, vid, rec = m
+                self.exported[vid] = rec
+                if rec is not None:
+                    self.directory.pop(vid, None)
+        for pid, ps in self.pools.items():
+            summ = {c: self.summaries[c] for c in ps.cpus}
+            instr = ps.boundary(self.now, summ, steal_reqs.get(pid, []), first_round)
+            for c, items in instr.items():
+                for it in items:
+                    if it[0] == "give":
+                        gives[c].append(it)
+                    else:
+                        pool_items[c].append(("pool", it))
+        inbox: dict[int, list] = {}
+        for c in self.cpus:
+            items = gives[c] + xfers[c] + others[c] + pool_items[c]
+            if items:
+                items = self._take_pending(c) + items
+            inbox[c] = items
+        return inbox
+
+    def _take_pending(self, c: int) -> list:
+        p = self.pending.get(c)
+        if not p:
+            return []
+        self.pending[c] = []
+        return p
+
+    def _after_boundary(self) -> None:
+        """Queue the refreshed pool views (and frame refills) for the next command."""
+        for c in self.cpus:
+            ps = self.pools[self.pool_of[c]]
+            idlers = tuple(x for x in ps.cpus if self.idle.get(x, False))
+            v = ("view", idlers, getattr(ps, "runq_sort", 0), ps.view_extra())
+            if self.sent_view.get(c) != v:
+                self.sent_view[c] = v
+                self.pending.setdefault(c, []).append(v)
+        if self.want_frames and self.memory is not None:
+            got = self.memory.refill_caches(self.want_frames)
+            self.want_frames = {}
+            for c, mfns in got.items():
+                self.pending.setdefault(c, []).append(("frames", mfns))
+
+    def _host_msg(self, src: int, t: int, payload: tuple, others: dict[int, list]) -> None:
+        kind = payload[0]
+        if kind == "evtchn":
+            uid, b = payload[1], payload[2]
+            dom = self.domains.get(uid)
+            if dom is not None:
+                dom.evtchn[b[0]] = EvtchnBinding.from_list(b)
+                for c in self.cpus:
+                    if c != src:
+                        others[c].append(("evtchn", uid, b))
+        elif kind == "shutdown":
+            self.host_events.append((t, "shutdown", payload[1], payload[2]))
+        elif kind == "want_frames":
+            self.want_frames[src] = min(self.want_frames.get(src, 0) + payload[1], MAX_REFILL)
+
+    # --- toolstack commands ----------------------------------------------------------------------
+    def _command_round(self, inbox: dict[int, list]) -> None:
+        cmds = {c: ("run", tuple(self._take_pending(c) + items), self.now) for c, items in inbox.items() if items}
+        if not cmds:
+            return
+        replies = self.ports.exchange(cmds)
+        if self.now % self.epoch == 0:
+            # we stand on a boundary: resolve what the command caused at once
+            self._boundary(replies)
+        else:
+            self._absorb(replies, hold=True)
+
+    def create_domain(self, dom: DomainInfo, vcpus: list[VcpuState] | None = None, populate: bool = True) -> None:
+        """Admit a domain: memory, scheduler, domain tables, then place and wake its vCPUs.
+
+        ``vcpus`` are records of an arriving domain (migration); otherwise fresh vCPUs are made.
+        """
+        if dom.uid in self.domains:
+            raise HostError(f"host {self.spec.name}: domain uid {dom.uid} exists")
+        if dom.pool not in self.pools:
+            known = ", ".join(str(p) for p in self.pools)
+            raise HostError(f"host {self.spec.name}: domain {dom.name!r} names pool {dom.pool}; pools here: {known}")
+        if self.memory is not None:
+            self.memory.create_domain(dom, populate=populate)
+        self.domains[dom.uid] = dom
+        ps = self.pools[dom.pool]
+        ps.add_domain(dom)
+        inbox: dict[int, list] = {c: [("dom", dom.to_dict())] for c in self.cpus}
+        if vcpus is None:
+            vcpus = []
+            for i in range(dom.nr_vcpus):
+                v = VcpuState(
+                    make_vid(dom.uid, i),
+                    hard_affinity=tuple(dom.hard_affinity[i]) if i < len(dom.hard_affinity) else (),
+                    soft_affinity=tuple(dom.soft_affinity[i]) if i < len(dom.soft_affinity) else (),
+                )
+                v.runstate = RUNSTATE_OFFLINE
+                v.state_entry_ns = self.now
+                v.pause_count = 1 if dom.paused else 0
+                vcpus.append(v)
+        pcpu_cpus = ps.cpus
+        prev = None
+        for v in vcpus:
+            hard = [c for c in (v.hard_affinity or pcpu_cpus) if c in pcpu_cpus] or list(pcpu_cpus)
+            if prev is None:
+                hint = min(hard)
+            else:
+                later = [c for c in hard if c > prev]
+                hint = min(later) if later else min(hard)
+            c = ps.place(v.vid, hint, {x: self.summaries[x] for x in pcpu_cpus}, dom)
+            prev = c
+            self.directory[v.vid] = c
+            v.sched = {}
+            inbox[c].append(("xfer", pack_vcpu(v, with_sched=False), XFER_PLACE, None))
+        self._command_round(inbox)
+
+    def destroy_domain(self, uid: int) -> int:
+        """Remove a domain whose vCPUs were exported (or never ran); free its memory."""
+        dom = self.domains.pop(uid, None)
+        if dom is None:
+            return 0
+        self.pools[dom.pool].remove_domain(dom)
+        for i in range(dom.nr_vcpus):
+            self.directory.pop(make_vid(uid, i), None)
+        freed = self.memory.destroy_domain(dom) if self.memory is not None else 0
+        self._command_round({c: [("domdel", uid)] for c in self.cpus})
+        return freed
+
+    def pause_domain(self, uid: int) -> None:
+        self.domains[uid].paused += 1
+        self._command_round({c: [("pause", uid)] for c in self.cpus})
+
+    def unpause_domain(self, uid: int) -> None:
+        self.domains[uid].paused = max(0, self.domains[uid].paused - 1)
+        self._command_round({c: [("unpause", uid)] for c in self.cpus})
+
+    def export_vcpus(self, uid: int, with_sched: bool = False) -> list[bytes]:
+        """Take the (paused, descheduled) vCPUs of a domain off their pCPUs as records."""
+        dom = self.domains[uid]
+        inbox: dict[int, list] = {c: [] for c in self.cpus}
+        vids = [make_vid(uid, i) for i in range(dom.nr_vcpus)]
+        for vid in vids:
+            inbox[self.directory[vid]].append(("export", vid, with_sched))
+        cmds = {c: ("run", tuple(items), self.now) for c, items in inbox.items() if items}
+        replies = self.ports.exchange(cmds)
+        for c, (out, summ, horizon, idle) in replies.items():
+            self.summaries[c] = summ
+            self.horizons[c] = horizon
+            self.idle[c] = idle
+            for j, m in enumerate(out):
+                if m[0] == "exported":
+                    self.exported[m[2]] = m[3]
+                    if m[3] is not None:
+                        self.directory.pop(m[2], None)
+                else:
+                    self.held.append((m[1], c, j, m))
+        recs = []
+        for vid in vids:
+            rec = self.exported.pop(vid, None)
+            if rec is None:
+                raise HostError(f"host {self.spec.name}: vCPU {vid_dom(vid)}.{vid & 0xFFF} is still running; pause first")
+            recs.append(rec)
+        return recs
+
+    def set_affinity(self, uid: int, idx: int, hard: list[int], soft: list[int]) -> None:
+        dom = self.domains[uid]
+        while len(dom.hard_affinity) <= idx:
+            dom.hard_affinity.append([])
+        while len(dom.soft_affinity) <= idx:
+            dom.soft_affinity.append([])
+        dom.hard_affinity[idx] = list(hard)
+        dom.soft_affinity[idx] = list(soft)
+        self.pools[dom.pool].adjust(dom)
+        vid = make_vid(uid, idx)
+        inbox = {c: [("dom", dom.to_dict())] for c in self.cpus}
+        inbox[self.directory[vid]].append(("affinity", vid, tuple(hard), tuple(soft)))
+        self._command_round(inbox)
+
+    def create_domains(self, dicts: list[dict]) -> None:
+        for d in dicts:
+            self.create_domain(DomainInfo.from_dict(d))
+
+    def kill_domain(self, uid: int) -> int:
+        """xl destroy: take the domain's vCPUs off (even mid-hypercall) and free it."""
+        dom = self.domains.get(uid)
+        if dom is None:
+            return 0
+        inbox: dict[int, list] = {c: [] for c in self.cpus}
+        for i in range(dom.nr_vcpus):
+            vid = make_vid(uid, i)
+            if vid in self.directory:
+                inbox[self.directory[vid]].append(("kill", vid))
+        self._command_round(inbox)
+        return self.destroy_domain(uid)
+
+    def adjust_domain(self, uid: int, changes: dict) -> None:
+        dom = self.domains[uid]
+        for k, val in changes.items():
+            setattr(dom, k, val)
+        self.pools[dom.pool].adjust(dom)
+        self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+
+    def bind_evtchn(self, a_uid: int, a_vcpu: int, b_uid: int, b_vcpu: int) -> tuple[int, int]:
+        """Toolstack set-up of an interdomain channel (as xenstore-negotiated split drivers do)."""
+        a, b = self.domains[a_uid], self.domains[b_uid]
+        pa = max(a.evtchn, default=0) + 1
+        pb = max(b.evtchn, default=0) + 1
+        a.evtchn[pa] = EvtchnBinding(pa, b_uid, pb, a_vcpu)
+        b.evtchn[pb] = EvtchnBinding(pb, a_uid, pa, b_vcpu)
+        self._command_round({c: [("dom", a.to_dict()), ("dom", b.to_dict())] for c in self.cpus})
+        return pa, pb
+
+    # --- memory (master side, pCPUs stopped) ---------------------------------------------------
+    def enable_log_dirty(self, uid: int) -> None:
+        dom = self.domains[uid]
+        self.memory.enable_log_dirty(dom)
+        dom.dirty_round += 1
+        self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+
+    def clean_log_dirty(self, uid: int) -> np.ndarray:
+        dom = self.domains[uid]
+        pfns = self.memory.clean_dirty(dom)
+        dom.dirty_round += 1
+        self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+        return pfns
+
+    def disable_log_dirty(self, uid: int) -> None:
+        dom = self.domains[uid]
+        self.memory.disable_log_dirty(dom)
+        self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+
+    # --- end of run ----------------------------------------------------------------------------
+    def finish(self) -> list[dict]:
+        """Deliver what is in flight, close every pCPU's books at ``now``; return reports."""
+        msgs = self._absorb({}, hold=False)
+        inbox: dict[int, list] = {c: [] for c in self.cpus}
+        for _t, _src, _j, m in msgs:
+            if m[0] == "xfer":
+                _, _t2, vid, to, rec, xk = m
+                self.directory[vid] = to
+                inbox[to].append(("xfer", rec, xk, None))
+        reports = self.ports.exchange({c: ("finish", tuple(inbox[c]), self.now) for c in self.cpus})
+        self.finished = True
+        return [reports[c] for c in self.cpus]
+
+    def dump(self) -> dict:
+        return {
+            "now": self.now,
+            "boundaries": self.boundaries,
+            "rounds": self.rounds,
+            "pools": {pid: ps.dump() for pid, ps in self.pools.items()},
+            "directory": dict(self.directory),
+        }
+
+
+def unpack_records(recs: list[bytes]) -> list[VcpuState]:
+    return [unpack_vcpu(r) for r in recs]

@@ -1,0 +1,383 @@
+"""The hypercall table, with Xen's numbers, costs, and stackless continuations.
+
+A guest issues a hypercall by putting its number in ``rax`` and its arguments in rdi, rsi,
+rdx, r10, r8 (the 64-bit ABI). Arguments that are pointers to guest structures (a
+``xen_memory_reservation``, a ``sched_poll``, an ``mmu_update`` batch) are modelled by
+``VcpuState.hcall_args``: the structure the pointer designates. Short hypercalls take a fixed
+cost and apply their effect when they return. Long ones return a :class:`hosts.pcpu.LongOp`
+that the engine runs one extent at a time, checking for preemption before every extent but
+the first; on preemption the progress is written back where Xen writes it:
+
+* ``memory_op`` (increase/decrease_reservation, populate_physmap): the start extent in the
+  high bits of ``cmd`` (``cmd >> MEMOP_EXTENT_SHIFT``), so the call restarts there;
+* ``mmu_update`` / ``mmuext_op``: the remaining count with ``MMU_UPDATE_PREEMPTED`` set, the
+  request handle advanced past the processed requests, done accumulated through ``pdone``.
+
+Errors are returned as Xen does, as negative errno values in ``rax`` (HVM guests calling a
+PV-only hypercall get ``-ENOSYS``, a bad port ``-EINVAL``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hosts.clock import MS, NEVER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hosts.pcpu import PcpuCore
+    from hosts.vcpu import VcpuState
+
+ACT_COMPUTE = 0
+ACT_HCALL = 1
+
+# Hypercall numbers (xen/include/public/xen.h).
+HYPERVISOR_mmu_update = 1
+HYPERVISOR_memory_op = 12
+HYPERVISOR_set_timer_op = 15
+HYPERVISOR_xen_version = 17
+HYPERVISOR_vcpu_op = 24
+HYPERVISOR_mmuext_op = 26
+HYPERVISOR_sched_op = 29
+HYPERVISOR_event_channel_op = 32
+
+NAMES = {
+    HYPERVISOR_mmu_update: "mmu_update",
+    HYPERVISOR_memory_op: "memory_op",
+    HYPERVISOR_set_timer_op: "set_timer_op",
+    HYPERVISOR_xen_version: "xen_version",
+    HYPERVISOR_vcpu_op: "vcpu_op",
+    HYPERVISOR_mmuext_op: "mmuext_op",
+    HYPERVISOR_sched_op: "sched_op",
+    HYPERVISOR_event_channel_op: "event_channel_op",
+}
+
+SCHEDOP_yield = 0
+SCHEDOP_block = 1
+SCHEDOP_shutdown = 2
+SCHEDOP_poll = 3
+SCHEDOP_POLL_MAX_PORTS = 128
+
+SHUTDOWN_poweroff = 0
+SHUTDOWN_suspend = 2
+
+EVTCHNOP_bind_interdomain = 0
+EVTCHNOP_send = 4
+EVTCHNOP_alloc_unbound = 6
+
+XENMEM_increase_reservation = 0
+XENMEM_decrease_reservation = 1
+XENMEM_populate_physmap = 6
+MEMOP_EXTENT_SHIFT = 6
+MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+
+MMU_UPDATE_PREEMPTED = 1 << 31  # ~(~0U >> 1) on a 32-bit count
+MMUEXT_NEW_BASEPTR = 5
+MMUEXT_TLB_FLUSH_LOCAL = 6
+
+ENOSYS = 38
+EINVAL = 22
+ENOMEM = 12
+EFAULT = 14
+
+#: Port numbers below zero are virtual IRQs delivered to one vCPU (VIRQ_TIMER is -1).
+PORTS_PER_VCPU = 64
+
+
+@dataclass
+class HypercallCosts:
+    """Time spent in the hypervisor, in ns (defaults are orders of magnitude from the
+    literature on modern x86; every one is a config field)."""
+
+    entry_ns: int = 150  # SYSCALL/VMCALL into Xen and back, argument checks
+    evtchn_send_ns: int = 300
+    sched_op_ns: int = 200
+    set_timer_ns: int = 200
+    memop_extent_ns: int = 250  # free or allocate one 4 KiB extent, p2m update included
+    mmu_update_ns: int = 180  # validate and install one PTE (PV)
+    mmuext_ns: int = 400
+
+
+def signed(x: int) -> int:
+    """A 64-bit register value as a signed integer (errors are negative)."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def load_args(v: "VcpuState", nr: int, args: tuple) -> None:
+    regs = v.regs
+    regs["rax"] = nr
+    names = ("rdi", "rsi", "rdx", "r10", "r8")
+    for i, name in enumerate(names):
+        regs[name] = int(args[i]) if i < len(args) and isinstance(args[i], int) else 0
+    # a trailing dict is the guest structure the pointer argument designates
+    v.hcall_args = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
+
+
+def dispatch(core: "PcpuCore", v: "VcpuState", nr: int):
+    """Run hypercall ``nr`` from the vCPU's registers: (cost_ns, effect) or a LongOp."""
+    handler = _TABLE.get(nr)
+    dom = core.domains[v.dom]
+    if handler is None:
+        return core.costs.entry_ns, (lambda: -ENOSYS)
+    if nr in (HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op) and dom.paging != "pv":
+        return core.costs.entry_ns, (lambda: -ENOSYS)
+    return handler(core, v, dom)
+
+
+# --- sched_op ------------------------------------------------------------------------------
+
+
+def _sched_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    cmd = v.regs["rdi"]
+    cost = core.costs.entry_ns + core.costs.sched_op_ns
+    if cmd == SCHEDOP_yield:
+
+        def eff():
+            core.sched.yield_(v)
+            core.raise_softirq()
+            return 0
+
+        return cost, eff
+    if cmd == SCHEDOP_block:
+
+        def eff():
+            core.block(v)
+            return 0
+
+        return cost, eff
+    if cmd == SCHEDOP_poll:
+        ports = list(v.hcall_args.get("ports", ()))
+        timeout = int(v.hcall_args.get("timeout", 0))
+
+        def eff():
+            if len(ports) > SCHEDOP_POLL_MAX_PORTS:
+                return -EINVAL
+            for p in ports:
+                if p >= 0 and p not in dom.evtchn:
+                    return -EINVAL
+            if any(p in v.pending_ports for p in ports):
+                return 0
+            v.poll_ports = tuple(ports)
+            if core.block(v):
+                if timeout:
+                    core.arm_poll_timeout(v, timeout)
+            else:
+                v.poll_ports = ()
+            return 0
+
+        return cost, eff
+    if cmd == SCHEDOP_shutdown:
+        reason = v.regs["rsi"]
+
+        def eff():
+            core.outbox.append(("host", core.now, ("shutdown", v.dom, reason)))
+            core.park(v)
+            return 0
+
+        return cost, eff
+    return cost, (lambda: -EINVAL)
+
+
+def _set_timer_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    timeout = v.regs["rdi"]
+
+    def eff():
+        t = timeout
+        if t == 0:
+            v.singleshot_ns = NEVER
+            return 0
+        if t >= 1 << 63 or t > core.now + (1 << 50):
+            t = core.now + 100 * MS  # do_set_timer_op: bogus timeouts become now + 100 ms
+        core.arm_vcpu_timer(v, t)
+        return 0
+
+    return core.costs.entry_ns + core.costs.set_timer_ns, eff
+
+
+# --- event channels ------------------------------------------------------------------------
+
+
+def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    cmd = v.regs["rdi"]
+    cost = core.costs.entry_ns + core.costs.evtchn_send_ns
+    if cmd == EVTCHNOP_send:
+        port = int(v.hcall_args.get("port", v.regs["rsi"]))
+        payload = v.hcall_args.get("payload")
+
+        def eff():
+            b = dom.evtchn.get(port)
+            if b is None or b.remote_uid < 0:
+                core.metrics["evtchn_bad_port"] = core.metrics.get("evtchn_bad_port", 0) + 1
+                return -EINVAL
+            rdom = core.domains.get(b.remote_uid)
+            if rdom is None or b.remote_port not in rdom.evtchn:
+                return -EINVAL
+            from hosts.vcpu import make_vid
+
+            target = make_vid(b.remote_uid, rdom.evtchn[b.remote_port].notify_vcpu)
+            core.deliver_event(target, b.remote_port, payload)
+            return 0
+
+        return cost, eff
+    if cmd in (EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain):
+        remote_uid = int(v.hcall_args.get("remote_dom", -1))
+        remote_port = int(v.hcall_args.get("remote_port", -1))
+
+        def eff():
+            from hosts.domain import EvtchnBinding
+
+            k = v.wl.get("_ports", 0)
+            port = 1 + v.idx * PORTS_PER_VCPU + k
+            if k >= PORTS_PER_VCPU or port in dom.evtchn:
+                return -ENOMEM
+            v.wl["_ports"] = k + 1
+            if cmd == EVTCHNOP_bind_interdomain:
+                rdom = core.domains.get(remote_uid)
+                if rdom is None or remote_port not in rdom.evtchn:
+                    return -EINVAL
+            b = EvtchnBinding(port, remote_uid, remote_port if cmd == EVTCHNOP_bind_interdomain else -1, v.idx)
+            dom.evtchn[port] = b
+            core.outbox.append(("host", core.now, ("evtchn", dom.uid, b.to_list())))
+            return port
+
+        return cost, eff
+    return cost, (lambda: -EINVAL)
+
+
+# --- memory_op -----------------------------------------------------------------------------
+
+
+def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    from hosts.pcpu import LongOp
+
+    raw = v.regs["rdi"]
+    cmd = raw & MEMOP_CMD_MASK
+    start = raw >> MEMOP_EXTENT_SHIFT
+    args = v.hcall_args
+    mem = core.memory
+    if cmd not in (XENMEM_increase_reservation, XENMEM_decrease_reservation, XENMEM_populate_physmap):
+        return core.costs.entry_ns, (lambda: -ENOSYS)
+    if mem is None:
+        return core.costs.entry_ns, (lambda: -ENOSYS)
+    nr_extents = int(args.get("nr_extents", 0))
+    base = int(args.get("extent_start", 0))
+    order = int(args.get("extent_order", 0))
+    if order != 0 or nr_extents < 0 or start > nr_extents or base < 0 or base + nr_extents > dom.max_pages:
+        return core.costs.entry_ns, (lambda: -EINVAL)
+    if start == nr_extents:
+        return core.costs.entry_ns, (lambda: nr_extents)
+    state = {"failed_at": -1}
+
+    if cmd == XENMEM_decrease_reservation:
+
+        def apply(lo: int, hi: int) -> None:
+            mem.decrease_reservation(core, dom, base + start + lo, base + start + hi)
+
+    else:
+
+        def apply(lo: int, hi: int) -> None:
+            if state["failed_at"] >= 0:
+                return
+            got = mem.populate(core, dom, base + start + lo, base + start + hi)
+            if got < hi - lo:
+                state["failed_at"] = start + lo + got
+
+    def encode(done: int) -> None:
+        v.regs["rdi"] = cmd | ((start + done) << MEMOP_EXTENT_SHIFT)
+
+    def finish(done: int) -> int:
+        if state["failed_at"] >= 0:
+            return state["failed_at"]
+        return start + done
+
+    # Allocation failures end the call early with the count done, as Xen's do_memory_op.
+    op = LongOp(HYPERVISOR_memory_op, nr_extents - start, 0, core.costs.memop_extent_ns, apply, encode, finish)
+    return op
+
+
+# --- PV page-table hypercalls --------------------------------------------------------------
+
+
+def _mmu_update(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    from hosts.pcpu import LongOp
+
+    count = v.regs["rsi"]
+    preempted = bool(count & MMU_UPDATE_PREEMPTED)
+    count &= ~MMU_UPDATE_PREEMPTED
+    reqs = v.hcall_args.get("reqs", [])
+    offset = int(v.hcall_args.get("offset", 0))
+    if not preempted:
+        v.hcall_args["done"] = 0
+        offset = 0
+        v.hcall_args["offset"] = 0
+    if count > len(reqs) - offset:
+        return core.costs.entry_ns, (lambda: -EFAULT)
+    mem = core.memory
+    cost = core.paging_cost("mmu_update") if hasattr(core, "paging_cost") else core.costs.mmu_update_ns
+
+    def apply(lo: int, hi: int) -> None:
+        if mem is not None:
+            mem.pt_update(core, dom, reqs[offset + lo : offset + hi])
+        v.hcall_args["done"] = v.hcall_args.get("done", 0) + (hi - lo)
+
+    def encode(done: int) -> None:
+        v.hcall_args["offset"] = offset + done
+        v.regs["rsi"] = (count - done) | MMU_UPDATE_PREEMPTED
+
+    def finish(done: int) -> int:
+        return 0
+
+    return LongOp(HYPERVISOR_mmu_update, count, 0, cost, apply, encode, finish)
+
+
+def _mmuext_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    from hosts.pcpu import LongOp
+
+    count = v.regs["rsi"]
+    preempted = bool(count & MMU_UPDATE_PREEMPTED)
+    count &= ~MMU_UPDATE_PREEMPTED
+    ops = v.hcall_args.get("ops", [])
+    offset = int(v.hcall_args.get("offset", 0)) if preempted else 0
+    if not preempted:
+        v.hcall_args["offset"] = 0
+        v.hcall_args["done"] = 0
+    if count > len(ops) - offset:
+        return core.costs.entry_ns, (lambda: -EFAULT)
+
+    def apply(lo: int, hi: int) -> None:
+        v.hcall_args["done"] = v.hcall_args.get("done", 0) + (hi - lo)
+
+    def encode(done: int) -> None:
+        v.hcall_args["offset"] = offset + done
+        v.regs["rsi"] = (count - done) | MMU_UPDATE_PREEMPTED
+
+    return LongOp(HYPERVISOR_mmuext_op, count, 0, core.costs.mmuext_ns, apply, encode, lambda done: 0)
+
+
+def _xen_version(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+    return core.costs.entry_ns, (lambda: (4 << 16) | 23)
+
+
+_TABLE = {
+    HYPERVISOR_sched_op: _sched_op,
+    HYPERVISOR_set_timer_op: _set_timer_op,
+    HYPERVISOR_event_channel_op: _event_channel_op,
+    HYPERVISOR_memory_op: _memory_op,
+    HYPERVISOR_mmu_update: _mmu_update,
+    HYPERVISOR_mmuext_op: _mmuext_op,
+    HYPERVISOR_xen_version: _xen_version,
+}
+
+
+def handle_host_item(core: "PcpuCore", item: tuple) -> None:
+    """Inbox items for the memory and event-channel parts of the hypervisor."""
+    kind = item[0]
+    if kind == "evtchn":
+        from hosts.domain import EvtchnBinding
+
+        dom = core.domains.get(item[1])
+        if dom is not None:
+            b = EvtchnBinding.from_list(item[2])
+            dom.evtchn[b.port] = b
+    elif core.memory is not None:
+        core.memory.handle_item(core, item)

@@ -1,0 +1,6 @@
+"""Xen's schedulers behind one ops table. Importing this package registers them all."""
+
+from hosts.sched import credit  # noqa: F401  (registers "credit")
+from hosts.sched.base import REGISTRY, Decision, PcpuScheduler, PoolScheduler, SchedulerError, get, register
+
+__all__ = ["REGISTRY", "Decision", "PcpuScheduler", "PoolScheduler", "SchedulerError", "get", "register"]

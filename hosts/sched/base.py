@@ -1,0 +1,257 @@
+"""The scheduler ops table, modelled on Xen's ``struct sched_ops``, and the registry.
+
+A scheduler in hvsim has two halves, because a pool's pCPUs live in different processes:
+
+* :class:`PcpuScheduler`, one instance per pCPU, holds that pCPU's private data and the
+  per-unit data of the vCPUs currently on it. Its hooks are Xen's: ``insert``, ``remove``,
+  ``do_schedule`` and ``pick_pcpu`` are required; ``wake``, ``sleep``, ``yield_``,
+  ``context_saved``, ``migrate``, ``adjust_affinity``, ``timer``, ``summary`` and
+  ``apply_pool`` are optional with the defaults below.
+* :class:`PoolScheduler`, one instance per cpupool, run by the host at epoch boundaries: the
+  pool-wide work Xen does under the private lock (Credit's 30 ms accounting, work stealing,
+  Credit2's balancing) done as a pure function of per-pCPU summaries. ``place`` is required.
+
+Policy decides, the engine enacts: ``do_schedule`` returns a :class:`Decision` and never
+touches the clock or a runstate; it asks the engine (the ``ctx`` it was built with) to tickle,
+arm its timers, or message the pool. The registry refuses an incomplete scheduler and names the
+missing hook; an unknown name is an error listing the known ones (never a silent default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+
+from hosts.clock import NEVER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hosts.domain import DomainInfo
+    from hosts.vcpu import VcpuState
+
+
+class SchedulerError(ValueError):
+    """A scheduler that cannot be used: unknown name, incomplete ops table, bad parameters."""
+
+
+@dataclass(slots=True)
+class Decision:
+    """What ``do_schedule`` returns: the next vCPU (None = idle) and when to decide again.
+
+    ``next_time_ns`` is relative (Xen's ``prev->next_time``); a negative value arms no timer.
+    """
+
+    vcpu: "VcpuState | None"
+    next_time_ns: int
+    migrated: bool = False
+
+
+class PoolView:
+    """What a pCPU knows of its pool, refreshed at every epoch boundary.
+
+    ``idlers`` is Xen's pool idle mask as of the last boundary, plus the pCPU's own changes
+    since (tickling an idler removes it at once, as Xen's ``__runq_tickle`` does).
+    """
+
+    __slots__ = ("cpus", "idlers", "epoch", "extra")
+
+    def __init__(self, cpus: tuple[int, ...]):
+        self.cpus = cpus
+        self.idlers: set[int] = set(cpus)
+        self.epoch = 0  # Credit's runq_sort epoch
+        self.extra: dict = {}
+
+
+class SchedContext(Protocol):
+    """The engine as a scheduler sees it (implemented by ``hosts.pcpu.PcpuCore``)."""
+
+    pcpu: int
+    now: int
+    view: PoolView
+    curr: "VcpuState | None"
+
+    def domain(self, uid: int) -> "DomainInfo": ...
+    def raise_softirq(self) -> None: ...
+    def tickle(self, cpu: int) -> None: ...
+    def set_timer(self, name: str, when_ns: int) -> None: ...
+    def stop_timer(self, name: str) -> None: ...
+    def pool_msg(self, payload: tuple) -> None: ...
+    def request_steal(self, pri: int) -> None: ...
+    def park(self, v: "VcpuState") -> None: ...
+    def unpark(self, v: "VcpuState") -> None: ...
+    def set_migrating(self, v: "VcpuState") -> None: ...
+
+
+class PcpuScheduler:
+    """Per-pCPU half of a scheduler. Subclasses set ``name`` and implement the hooks."""
+
+    name = "base"
+    REQUIRED = ("insert", "remove", "do_schedule", "pick_pcpu")
+    OPTIONAL = (
+        "wake",
+        "sleep",
+        "yield_",
+        "context_saved",
+        "migrate",
+        "adjust_affinity",
+        "timer",
+        "summary",
+        "apply_pool",
+        "udata_to_wire",
+        "udata_from_wire",
+        "horizon",
+        "dump",
+    )
+
+    def __init__(self, ctx: SchedContext, params: BaseModel):
+        self.ctx = ctx
+        self.params = params
+
+    # --- required --------------------------------------------------------------------------
+    def insert(self, v: "VcpuState", stolen: bool = False) -> None:
+        """A vCPU enters this pCPU (creation, arrival from another pCPU or host)."""
+        raise NotImplementedError
+
+    def remove(self, v: "VcpuState") -> None:
+        """A (not running) vCPU leaves this pCPU."""
+        raise NotImplementedError
+
+    def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
+        raise NotImplementedError
+
+    def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
+        raise NotImplementedError
+
+    # --- optional, with Xen's defaults -----------------------------------------------------
+    def wake(self, v: "VcpuState", migrating: bool = False) -> None:
+        """v became runnable. Default: nothing (schedulers with a runqueue override)."""
+
+    def sleep(self, v: "VcpuState") -> None:
+        """v stopped being runnable; if it is running, make the pCPU reschedule."""
+        if self.ctx.curr is v:
+            self.ctx.raise_softirq()
+
+    def yield_(self, v: "VcpuState") -> None:
+        """v asked to yield; the default only reschedules (the engine raises the softirq)."""
+
+    def context_saved(self, v: "VcpuState") -> None:
+        """v's state is off this pCPU (after a switch); deferred-requeue schedulers act here."""
+
+    def migrate(self, v: "VcpuState", new_pcpu: int) -> None:
+        """A non-running v is about to move; default just lets it go (Xen's sched_set_res)."""
+
+    def adjust_affinity(self, v: "VcpuState") -> None:
+        """Hard/soft affinity of v changed."""
+
+    def timer(self, name: str, now: int) -> None:
+        """A timer armed with ``ctx.set_timer(name, ...)`` fired."""
+
+    def summary(self) -> Any:
+        """Per-pCPU data the pool half needs at a boundary (plain msgpack-able data)."""
+        return None
+
+    def apply_pool(self, instr: tuple) -> None:
+        """Apply an instruction from the pool half (e.g. Credit's accounting increment)."""
+
+    def udata_to_wire(self, udata: Any) -> dict:
+        """Per-unit data as a plain dict, for a move to another pCPU."""
+        return dict(udata) if udata else {}
+
+    def udata_from_wire(self, d: dict) -> Any:
+        return dict(d)
+
+    def horizon(self) -> int:
+        """Earliest time this scheduler may need the pool (default: only via events)."""
+        return NEVER
+
+    def dump(self) -> dict:
+        return {}
+
+
+class PoolScheduler:
+    """Per-pool half of a scheduler, run by the host at epoch boundaries."""
+
+    name = "base"
+    REQUIRED = ("place",)
+    OPTIONAL = ("add_domain", "remove_domain", "adjust", "on_msg", "boundary", "next_due", "dump")
+
+    def __init__(self, params: BaseModel, cpus: tuple[int, ...], start_ns: int = 0):
+        self.params = params
+        self.cpus = cpus
+
+    def place(self, vid: int, hint: int, summaries: dict[int, Any], domain: "DomainInfo") -> int:
+        """Choose the pCPU for a vCPU entering the pool (Xen's pick_resource at insert)."""
+        raise NotImplementedError
+
+    def add_domain(self, dom: "DomainInfo") -> None:
+        pass
+
+    def remove_domain(self, dom: "DomainInfo") -> None:
+        pass
+
+    def remove_vcpu(self, vid: int) -> None:
+        pass
+
+    def adjust(self, dom: "DomainInfo") -> None:
+        pass
+
+    def on_msg(self, src: int, payload: tuple) -> None:
+        """A message a pCPU sent with ``ctx.pool_msg``."""
+
+    def boundary(self, now: int, summaries: dict[int, Any], steal_reqs: list[tuple[int, int, int]], first_round: bool) -> dict[int, list[tuple]]:
+        """Pool-wide work at a boundary; returns instructions per pCPU.
+
+        ``steal_reqs`` are ``(time_ns, pcpu, pri)`` in total order. Instructions are tuples the
+        engine understands (``("give", vid, to_pcpu)``) or the scheduler's own, passed to the
+        pCPU half's ``apply_pool``.
+        """
+        return {}
+
+    def next_due(self, now: int) -> int:
+        """Next time the pool half must run even if no pCPU asks (e.g. accounting)."""
+        return NEVER
+
+    def view_extra(self) -> dict:
+        """Extra pool state broadcast to every pCPU's view at each boundary."""
+        return {}
+
+    def dump(self) -> dict:
+        return {}
+
+
+@dataclass(frozen=True)
+class SchedulerEntry:
+    name: str
+    sched_id: int  # Xen's XEN_SCHEDULER_* number
+    params: type[BaseModel]
+    pcpu: type[PcpuScheduler]
+    pool: type[PoolScheduler]
+    summary: str = ""
+
+
+REGISTRY: dict[str, SchedulerEntry] = {}
+
+
+def _missing_hooks(cls: type, base: type, required: tuple[str, ...]) -> list[str]:
+    return [h for h in required if getattr(cls, h, None) is getattr(base, h, None)]
+
+
+def register(entry: SchedulerEntry) -> SchedulerEntry:
+    """Add a scheduler; refuse it if a required hook is missing (naming the hooks)."""
+    missing = _missing_hooks(entry.pcpu, PcpuScheduler, PcpuScheduler.REQUIRED)
+    missing += [f"pool.{h}" for h in _missing_hooks(entry.pool, PoolScheduler, PoolScheduler.REQUIRED)]
+    if missing:
+        raise SchedulerError(f"scheduler {entry.name!r} is incomplete: missing required hook(s) {', '.join(missing)}")
+    if entry.name in REGISTRY and REGISTRY[entry.name] is not entry:
+        raise SchedulerError(f"scheduler {entry.name!r} registered twice")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def get(name: str) -> SchedulerEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise SchedulerError(f"unknown scheduler {name!r}; known schedulers: {known}") from None
