@@ -71,6 +71,7 @@ class RunCfg(_M):
     skip_quiet_epochs: bool = Field(True, description="Skip boundaries at which provably nothing can happen (results are identical).")
     trace_max_events: int = Field(2_000_000, ge=0, description="Run intervals kept per pCPU for the Perfetto trace (the digest covers all).")
     control_period_ms: float = Field(100.0, gt=0, description="Longest simulated stretch hosts run between domain-manager steps, in ms.")
+    debug_checks: bool = Field(False, description="Check the scheduler contract at every context switch (slower; for tests).")
 
 
 class HypercallCostsCfg(_M):
@@ -225,6 +226,10 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
         msg = f"unknown key {loc[-1]!r}" + _allowed_keys_hint(loc)
     elif e["type"] == "missing":
         msg = "required field is missing"
+    elif e["type"] == "union_tag_invalid":
+        ctx = e.get("ctx", {})
+        what = {"name": "scheduler", "kind": "workload kind"}.get(str(ctx.get("discriminator", "")).strip("'"), "value")
+        msg = f"unknown {what} {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
     return field_name, msg
@@ -482,6 +487,7 @@ def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
         skip_quiet=run.skip_quiet_epochs,
         trace_max=run.trace_max_events * 3,
         costs=h.hypercall_costs.model_dump(),
+        checks=run.debug_checks,
     )
 
 

@@ -140,11 +140,14 @@ class DomainManager:
         }
 
     def extra_summary(self) -> dict:
-        return {}
+        stats = getattr(self, "host_stats", {})
+        return {"boundaries": sum(s["boundaries"] for s in stats.values()), "rounds": sum(s["rounds"] for s in stats.values()), "hosts": stats}
 
     def extra_files(self) -> dict:
         return {}
 
     def finish(self) -> dict[str, list[dict]]:
         """Close every host's books; returns per host the pCPU reports."""
+        stats = self.call_all("stats")
+        self.host_stats = stats
         return self.call_all("finish")

@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
-_reaper: subprocess.Popen | None = None
-_reaper_fd: int | None = None
 
 
 def run_id() -> str:
@@ -32,10 +28,12 @@ def run_id() -> str:
 
 
 class RaySession:
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, run_tag: str | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, run_tag: str | None = None, reaper=None):
         self.address = address
         self.num_cpus = num_cpus
         self.run_tag = run_tag or run_id()
+        self.reaper = reaper
+        self.own_reaper = False
         self.owned = False  # we started the cluster
         self.joined = False  # we called ray.init
         self.tmpdir: str | None = None
@@ -52,15 +50,19 @@ class RaySession:
 
         t0 = time.perf_counter()
         if ray.is_initialized():
-            self.startup_s = 0.0
             return self
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         if self.address:
             ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=True)
             self.joined = True
         else:
+            from cluster.reaper import Reaper
+
+            if self.reaper is None:
+                self.reaper = Reaper.start(self.run_tag)
+                self.own_reaper = True
             self.tmpdir = tempfile.mkdtemp(prefix="hvsim-ray-")
-            start_reaper(self.tmpdir, self.run_tag)
+            self.reaper.watch_dir(self.tmpdir)
             ncpu = self.num_cpus or max(2, os.cpu_count() or 2)
             ray.init(
                 num_cpus=ncpu,
@@ -71,9 +73,13 @@ class RaySession:
             )
             self.owned = True
             self.joined = True
-            note_children()
+            self.reaper.watch_children()
         self.startup_s = time.perf_counter() - t0
         return self
+
+    def note_children(self) -> None:
+        if self.reaper is not None and self.owned:
+            self.reaper.watch_children()
 
     def close(self) -> None:
         import ray
@@ -82,58 +88,11 @@ class RaySession:
             ray.shutdown()  # stops the cluster only if we started it; otherwise disconnects
         self.joined = False
         if self.owned:
-            stop_reaper()
             if self.tmpdir:
                 import shutil
 
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.owned = False
-
-
-def start_reaper(tmpdir: str, tag: str) -> None:
-    """Start the reaper; it watches this process through a pipe."""
-    global _reaper, _reaper_fd
-    if _reaper is not None and _reaper.poll() is None:
-        stop_reaper()
-    r, w = os.pipe()
-    _reaper = subprocess.Popen(
-        [sys.executable, "-m", "cluster.reaper", str(os.getpid()), tmpdir, tag],
-        stdin=r,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        close_fds=True,
-        start_new_session=True,  # Ctrl-C to our group must not kill the reaper first
-    )
-    os.close(r)
-    _reaper_fd = w
-
-
-def note_children() -> None:
-    """Tell the reaper which processes Ray started (it kills them if we die)."""
-    if _reaper_fd is None:
-        return
-    try:
-        import psutil
-
-        kids = psutil.Process().children(recursive=True)
-        line = " ".join(f"{p.pid}:{p.create_time()}" for p in kids if _reaper is None or p.pid != _reaper.pid)
-        os.write(_reaper_fd, (line + "\n").encode())
-    except Exception:
-        pass
-
-
-def stop_reaper() -> None:
-    global _reaper, _reaper_fd
-    if _reaper_fd is not None:
-        try:
-            os.write(_reaper_fd, b"DONE\n")
-            os.close(_reaper_fd)
-        except OSError:
-            pass
-        _reaper_fd = None
-    if _reaper is not None:
-        try:
-            _reaper.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _reaper.kill()
-        _reaper = None
+        if self.own_reaper and self.reaper is not None:
+            self.reaper.done()
+            self.reaper = None

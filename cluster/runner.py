@@ -47,9 +47,15 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised by the kill test in
     raise Interrupted()
 
 
+_handlers_installed = False
+
+
 def install_signal_handlers() -> None:
+    """SIGTERM raises ``Interrupted`` so that cleanup runs (the CLI calls this)."""
+    global _handlers_installed
     try:
         signal.signal(signal.SIGTERM, _sigterm)
+        _handlers_installed = True
     except ValueError:
         pass  # not the main thread
 
@@ -81,9 +87,17 @@ def run_loaded(
     force: bool = False,
     write: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    probe: Callable[[Any], dict] | None = None,
 ) -> RunResult:
+    from cluster.raysession import run_id
+    from cluster.reaper import Reaper
+
     plan = build_plan(cfg)
     rd = RunDir(Path(out) if out else default_out(config_path), force=force) if write else None
+    tag = run_id()
+    reaper = Reaper.start(tag)
+    if rd is not None:
+        reaper.watch_dir(rd.tmp)
     session = None
     be: Any = None
     try:
@@ -93,18 +107,22 @@ def run_loaded(
             mgr: Any = DomainManager(plan, be.start())
         elif backend == "ray":
             from cluster.backends.ray_backend import RayBackend
-            from cluster.raysession import RaySession, run_id
+            from cluster.raysession import RaySession
 
-            tag = run_id()
-            session = RaySession(address=address, run_tag=tag).start()
+            session = RaySession(address=address, run_tag=tag, reaper=reaper).start()
+            if _handlers_installed:
+                install_signal_handlers()  # ray.init installs its own SIGTERM handler; ours must win
             be = RayBackend(plan, resolved, tag)
             mgr = be.start()
+            session.note_children()
         else:
             raise ValueError(f"unknown backend {backend!r}; use ray or inline")
         startup_s = time.perf_counter() - t0 + (session.startup_s if session else 0.0)
         t1 = time.perf_counter()
         mgr.setup()
         _drive(mgr, plan, progress)
+        wall_sim = time.perf_counter() - t1
+        probed = probe(be) if probe is not None else {}
         reports = mgr.finish()
         reports = {h: list(rs) for h, rs in reports.items()}
         if backend == "ray":
@@ -119,7 +137,7 @@ def run_loaded(
             destroyed=set(state["destroyed"]),
             backend=backend,
             sim_ns=plan.duration_ns,
-            extra={"wall_s": round(wall, 4), "startup_s": round(startup_s, 4), "config_digest": config_digest(cfg), **state.get("extra", {})},
+            extra={"wall_s": round(wall, 4), "sim_wall_s": round(wall_sim, 4), "startup_s": round(startup_s, 4), "config_digest": config_digest(cfg), **probed, **state.get("extra", {})},
         )
         path = None
         if rd is not None:
@@ -143,6 +161,7 @@ def run_loaded(
             be.shutdown()
         if session is not None:
             session.close()
+        reaper.done()
 
 
 def _drive(mgr: Any, plan: Plan, progress: Callable[[int, int], None] | None) -> None:

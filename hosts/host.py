@@ -75,6 +75,7 @@ class HostSpec:
     skip_quiet: bool = True
     trace_max: int = 2_000_000
     costs: dict = field(default_factory=dict)
+    checks: bool = False
 
     def pool_of_cpu(self) -> dict[int, int]:
         out = {}
@@ -106,6 +107,7 @@ def make_core(spec: HostSpec, pcpu: int, domains: dict[int, DomainInfo], memory,
         trace_max=spec.trace_max,
         start_ns=start_ns,
         costs=HypercallCosts(**spec.costs),
+        checks=spec.checks,
     )
 
 
@@ -495,6 +497,9 @@ class HostEngine:
         reports = self.ports.exchange({c: ("finish", tuple(inbox[c]), self.now) for c in self.cpus})
         self.finished = True
         return [reports[c] for c in self.cpus]
+
+    def stats(self) -> dict:
+        return {"boundaries": self.boundaries, "rounds": self.rounds, "now": self.now}
 
     def dump(self) -> dict:
         return {

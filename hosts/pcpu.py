@@ -67,6 +67,10 @@ XFER_STOLEN = 1  # taken from a peer's runqueue by work stealing
 XFER_PLACE = 2  # placed by the host (new domain, arrival from another host, pool move)
 
 
+class InvariantError(AssertionError):
+    """A broken scheduler contract (only raised with checks on)."""
+
+
 class LongOp:
     """A hypercall in progress that runs in chunks of one extent each."""
 
@@ -100,6 +104,7 @@ class PcpuCore:
         trace_max: int = 2_000_000,
         start_ns: int = 0,
         costs: "hc.HypercallCosts | None" = None,
+        checks: bool = False,
     ):
         self.host = host
         self.pcpu = pcpu
@@ -145,6 +150,7 @@ class PcpuCore:
         self.hv_stays: list[int] = []
         self.hv_by_kind: dict[str, list[int]] = {}  # hypercall name -> [count, preemptions]
         self.metrics: dict[str, int] = {}
+        self.checks = checks
         self.sched = sched_entry.pcpu(self, sched_params)
 
     # ========================================================================================
@@ -289,10 +295,11 @@ class PcpuCore:
                 prev.set_runstate(RUNSTATE_BLOCKED, now)
             else:
                 prev.set_runstate(RUNSTATE_OFFLINE, now)
-            if len(self.trace) < self.trace_max:
-                self.trace.extend((self.last_switch_ns, now, prev.vid))
-            else:
-                self.trace_dropped += 1
+            if now > self.last_switch_ns:
+                if len(self.trace) < self.trace_max:
+                    self.trace.extend((self.last_switch_ns, now, prev.vid))
+                else:
+                    self.trace_dropped += 1
         self.last_switch_ns = now
         d = self._dbuf
         d.extend((now, prev.vid if prev is not None else -1, nxt.vid if nxt is not None else -1))
@@ -301,6 +308,8 @@ class PcpuCore:
             del d[:]
         self.curr = nxt
         if nxt is not None:
+            if self.checks:
+                self._check_switch_in(nxt)
             nxt.set_runstate(RUNSTATE_RUNNING, now)
             if nxt.wake_ns >= 0:
                 lat = self.wake_lat.get(nxt.vid)
@@ -314,6 +323,18 @@ class PcpuCore:
             self.sched.context_saved(prev)
             if prev.pause_flags & VPF_MIGRATING:
                 self._migrate_finish(prev)
+
+    def _check_switch_in(self, v: VcpuState) -> None:
+        """Scheduler contract, checked at every switch when ``checks`` is on."""
+        if not v.runnable():
+            raise InvariantError(f"{self.host} pCPU {self.pcpu}: scheduler chose d{v.dom}v{v.idx}, which is not runnable (flags {v.pause_flags:#x}, paused {v.pause_count})")
+        if self.vcpus.get(v.vid) is not v:
+            raise InvariantError(f"{self.host} pCPU {self.pcpu}: scheduler chose d{v.dom}v{v.idx}, which this pCPU does not hold")
+        hard = v.hard_affinity
+        if hard and self.pcpu not in hard and any(c in self.view.cpus for c in hard):
+            raise InvariantError(f"{self.host} pCPU {self.pcpu}: d{v.dom}v{v.idx} runs outside its hard affinity {list(hard)}")
+        if self.pcpu not in self.view.cpus:
+            raise InvariantError(f"{self.host} pCPU {self.pcpu}: not in its own pool")
 
     def _migrate_finish(self, v: VcpuState) -> None:
         """sched_unit_migrate_finish: pick a pCPU; move there, or just wake here."""
@@ -754,7 +775,7 @@ class PcpuCore:
             self.idle_ns += delta
         else:
             self.busy_ns += delta
-            if len(self.trace) < self.trace_max:
+            if delta > 0 and len(self.trace) < self.trace_max:
                 self.trace.extend((self.last_switch_ns, self.now, self.curr.vid))
         self.last_switch_ns = self.now
         vcpus = {}

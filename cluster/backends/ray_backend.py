@@ -211,12 +211,6 @@ class RayBackend:
         masters = {name: acts[0] for name, acts in self.actors.items()}
         self.manager_actor = ManagerActor.remote(packb(self.resolved), masters)
         self.startup_s = time.perf_counter() - t0
-        try:
-            from cluster.raysession import note_children
-
-            note_children()
-        except Exception:
-            pass
         return ManagerHandle(self.manager_actor)
 
     def follower_reports(self) -> dict[str, list[dict]]:

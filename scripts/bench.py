@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""hvsim benchmarks: every figure measured side by side in one run, so machine noise cancels
+in the ratios. Scenarios are the configs in configs/bench/ (one per file, named by the file).
+
+    python scripts/bench.py                 # all scenarios, full length
+    python scripts/bench.py --quick         # short runs (CI smoke; no figures are asserted)
+    python scripts/bench.py --json          # machine-readable
+    python scripts/bench.py -s small -s cpu # some scenarios
+
+Per scenario: simulated seconds per wall second on inline and on Ray and their ratio,
+scheduler events per wall second (inline), epoch boundaries per simulated second, Ray
+start-up time apart from the run (ray.init + building the cluster's actors), and peak RSS of
+the driver and of one pCPU actor. A figure that does not apply is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cluster.config import load_config  # noqa: E402
+from cluster.runner import run_loaded  # noqa: E402
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident set of a process (Linux VmHWM), else its current RSS."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except Exception:
+        return None
+
+
+def actor_probe(be) -> dict:
+    """Called before the Ray run finishes: the peak RSS of pCPU actors (host master excluded)."""
+    import ray
+
+    peaks = []
+    for name, acts in be.actors.items():
+        for a in acts[:1]:
+            pid, _node = ray.get(a.whoami.remote())
+            peaks.append(vm_hwm_mb(pid))
+    try:
+        import psutil
+
+        for p in psutil.process_iter(["cmdline"]):
+            cl = " ".join(p.info["cmdline"] or [])
+            if "PcpuActor" in cl:
+                peaks.append(vm_hwm_mb(p.pid))
+    except Exception:
+        pass
+    peaks = [p for p in peaks if p is not None]
+    return {"actor_peak_rss_mb": max(peaks) if peaks else None, "actor_startup_s": be.startup_s}
+
+
+def run_one(path: Path, backend: str, duration_ms: float | None, extra: list[str]):
+    overrides = list(extra)
+    if duration_ms is not None:
+        overrides.append(f"run.duration_ms={duration_ms}")
+    cfg, resolved = load_config(path, overrides)
+    return run_loaded(cfg, resolved, backend=backend, write=False, probe=actor_probe if backend == "ray" else None)
+
+
+def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) -> dict:
+    from cluster.raysession import RaySession
+
+    out: dict = {"scenarios": {}, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    session = None
+    ray_init_s = None
+    if "ray" in backends:
+        t0 = time.perf_counter()
+        session = RaySession().start()
+        ray_init_s = time.perf_counter() - t0
+    try:
+        for name in names:
+            path = ROOT / "configs" / "bench" / f"{name}.yaml"
+            cfg, _ = load_config(path, extra)
+            dur = min(cfg.run.duration_ms, 1000.0) if quick else None
+            sim_s = (dur or cfg.run.duration_ms) / 1000.0
+            row: dict = {k: None for k in ("inline_sim_s_per_wall_s", "ray_sim_s_per_wall_s", "ray_over_inline", "events_per_wall_s",
+                                            "epochs_per_sim_s", "ray_startup_s", "peak_rss_mb_driver", "peak_rss_mb_actor", "digests_equal")}
+            digests = {}
+            if "inline" in backends:
+                r = run_one(path, "inline", dur, extra)
+                w = r.summary["sim_wall_s"]
+                row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
+                row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
+                digests["inline"] = r.summary["trace_digest"]
+            if "ray" in backends:
+                r = run_one(path, "ray", dur, extra)
+                w = r.summary["sim_wall_s"]
+                row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                row["ray_startup_s"] = round(ray_init_s + r.summary["actor_startup_s"], 2)
+                row["peak_rss_mb_actor"] = round(r.summary["actor_peak_rss_mb"], 1) if r.summary.get("actor_peak_rss_mb") else None
+                digests["ray"] = r.summary["trace_digest"]
+                if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
+                    row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
+            if row["inline_sim_s_per_wall_s"] and row["ray_sim_s_per_wall_s"]:
+                row["ray_over_inline"] = round(row["ray_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
+            if len(digests) == 2:
+                row["digests_equal"] = digests["inline"] == digests["ray"]
+            row["peak_rss_mb_driver"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+            row["sim_s"] = sim_s
+            out["scenarios"][name] = row
+    finally:
+        if session is not None:
+            session.close()
+    return out
+
+
+ROWS = [
+    ("simulated seconds per run", "sim_s"),
+    ("inline: sim s / wall s", "inline_sim_s_per_wall_s"),
+    ("ray: sim s / wall s", "ray_sim_s_per_wall_s"),
+    ("ray / inline", "ray_over_inline"),
+    ("scheduler events / wall s (inline)", "events_per_wall_s"),
+    ("epoch boundaries / sim s", "epochs_per_sim_s"),
+    ("ray start-up s (init + actors)", "ray_startup_s"),
+    ("peak RSS driver MB", "peak_rss_mb_driver"),
+    ("peak RSS one pCPU actor MB", "peak_rss_mb_actor"),
+    ("inline and ray digests equal", "digests_equal"),
+]
+
+
+def print_table(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"hvsim bench ({res['machine']['cpus']} CPUs, Python {res['machine']['python']})")
+    t.add_column("figure")
+    names = list(res["scenarios"])
+    for n in names:
+        t.add_column(n, justify="right")
+    for label, key in ROWS:
+        t.add_row(label, *["-" if res["scenarios"][n].get(key) is None else str(res["scenarios"][n][key]) for n in names])
+    Console(width=max(100, 40 + 14 * len(names))).print(t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-s", "--scenario", action="append", help="scenario name (configs/bench/NAME.yaml); default all")
+    ap.add_argument("--quick", action="store_true", help="short runs for a CI smoke test")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--backend", action="append", choices=["inline", "ray"], help="default both")
+    ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
+    a = ap.parse_args()
+    names = a.scenario or sorted(p.stem for p in (ROOT / "configs" / "bench").glob("*.yaml"))
+    res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set)
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
