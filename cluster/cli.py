@@ -202,3 +202,18 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# Sub-commands defined in their own modules register themselves on ``app``.
+def _register_subcommands() -> None:
+    import importlib
+
+    for mod in ("cluster.cli_batch",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+_register_subcommands()
