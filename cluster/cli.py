@@ -194,6 +194,34 @@ def print_summary(s: dict) -> None:
         tot = p["busy_ns"] + p["idle_ns"]
         pt.add_row(p["host"], str(p["id"]), f"{100 * p['busy_ns'] / tot:.1f}" if tot else "-", str(p["switches"]))
     out.print(pt)
+    mem_rows = [d for d in s["domains"] if not d["dom0"] or d.get("work")]
+    if mem_rows:
+        mt = Table(title="memory and guest work")
+        for col in ("domain", "paging", "frames MiB", "pages written", "work / CPU s", "I/O p50 us", "I/O p99 us", "paging ns"):
+            mt.add_column(col, justify="right" if col not in ("domain", "paging") else "left")
+        for d in mem_rows:
+            io = d.get("io_latency_us") or {}
+            pg = ", ".join(f"{k} {v / 1e6:.1f}ms" for k, v in sorted(d.get("paging_ns", {}).items()) if k.endswith("_ns"))
+            mt.add_row(
+                d["name"],
+                d.get("paging_mode", ""),
+                f"{d['frames'] * 4096 / 2**20:.0f}" if d.get("frames") is not None else "-",
+                str(d.get("pages_written", 0)),
+                f"{d['work_per_cpu_s']:.0f}" if d.get("work_per_cpu_s") else "-",
+                f"{io['p50']:.0f}" if io.get("p50") is not None else "-",
+                f"{io['p99']:.0f}" if io.get("p99") is not None else "-",
+                pg or "-",
+            )
+        out.print(mt)
+    hk = s.get("hypercalls", {}).get("by_kind", {})
+    if hk:
+        ht = Table(title="hypercalls")
+        for col in ("hypercall", "count", "preempted", "stay p99 us", "stay max us"):
+            ht.add_column(col, justify="right" if col != "hypercall" else "left")
+        for k, v in hk.items():
+            st = v.get("stay_us", {})
+            ht.add_row(k, str(v["count"]), str(v["preempted"]), f"{st.get('p99') or 0:.2f}", f"{st.get('max') or 0:.2f}")
+        out.print(ht)
 
 
 def main() -> None:

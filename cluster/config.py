@@ -84,6 +84,29 @@ class HypercallCostsCfg(_M):
     mmuext_ns: int = Field(400, ge=1, description="One mmuext_op request (PV), in ns.")
 
 
+class PagingCostsCfg(_M):
+    """Costs of memory virtualisation, per paging mode, in ns (see hosts/paging.py)."""
+
+    pt_update_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 450, "hvm-shadow": 1450, "hvm-hap": 260},
+        description="One guest page-table update: PV validated mmu_update, shadow trap+emulate, HAP plain write.",
+    )
+    page_fault_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 900, "hvm-shadow": 2700, "hvm-hap": 480}, description="One guest page fault."
+    )
+    cr3_switch_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 650, "hvm-shadow": 2300, "hvm-hap": 420}, description="One guest address-space switch."
+    )
+    walk_ref_ns: float = Field(1.2, gt=0, description="One page-walk memory reference, averaged (upper levels cached).")
+    dram_ns: float = Field(85.0, gt=0, description="One random access missing the data caches.")
+    tlb_entries: int = Field(1536, ge=1, description="Second-level TLB entries.")
+    logdirty_fault_ns: dict[Literal["hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"hvm-hap": 1700, "hvm-shadow": 2600},
+        description="First write to a page per log-dirty round: EPT violation (HAP) or write-protect fault (shadow, and PV in shadow mode).",
+    )
+    shadow_rebuild_ns: float = Field(900.0, ge=0, description="Rebuilding one page's shadow entry after a CLEAN discarded all shadows.")
+
+
 class PoolCfg(_M):
     name: str = Field(pattern=NAME_PATTERN, description="Pool name (Xen's Pool-0 holds dom0).")
     cpus: list[int] = Field(min_length=1, description="pCPU ids of this host in the pool.")
@@ -107,6 +130,8 @@ class HostCfg(_M):
     pools: Optional[list[PoolCfg]] = Field(None, description="cpupools: split the host's pCPUs, each pool with its own scheduler.")
     dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
     hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
+    paging_costs: PagingCostsCfg = Field(default_factory=PagingCostsCfg, description="Costs of PV / shadow / HAP memory virtualisation.")
+    preempt_hypercalls: bool = Field(True, description="Xen's hypercall_preempt_check; false lets long hypercalls run to completion (a reference for experiments).")
 
 
 Affinity = Union[list[int], list[list[int]]]
@@ -487,7 +512,9 @@ def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
         skip_quiet=run.skip_quiet_epochs,
         trace_max=run.trace_max_events * 3,
         costs=h.hypercall_costs.model_dump(),
+        paging_costs=h.paging_costs.model_dump(),
         checks=run.debug_checks,
+        preempt_hypercalls=h.preempt_hypercalls,
     )
 
 
@@ -514,7 +541,7 @@ def build_plan(cfg: ClusterConfig) -> Plan:
                 cap=d0.cap,
                 pool=0,
                 is_dom0=True,
-                workloads=[{"kind": "idle"} for _ in range(d0.vcpus)],
+                workloads=[{"kind": "io_backend"} for _ in range(d0.vcpus)],
                 hard_affinity=aff,
             )
         )

@@ -38,12 +38,24 @@ def trace_digest(reports: dict[str, list[dict]], host_order: list[str]) -> str:
     return h.hexdigest()
 
 
-def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int, str], destroyed: set[int], backend: str, sim_ns: int, extra: dict | None = None) -> dict:
+def build_summary(
+    plan: Plan,
+    reports: dict[str, list[dict]],
+    *,
+    where: dict[int, str],
+    destroyed: set[int],
+    backend: str,
+    sim_ns: int,
+    extra: dict | None = None,
+    frames: dict[int, int] | None = None,
+) -> dict:
+    frames_of = frames or {}
     host_order = list(plan.hosts)
     pcpus = []
     runstate: dict[int, list[int]] = {}
     lat: dict[int, list[int]] = {}
-    hv_stays: list[int] = []
+    hv_stays: dict[str, list[int]] = {}
+    samples: dict[str, dict[int, list[int]]] = {}
     hcalls: dict[str, list[int]] = {}
     counters: dict[str, int] = {}
     events = switches = 0
@@ -56,9 +68,14 @@ def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int
                 runstate[int(vid)] = list(info["runstate_ns"])
             for vid, rs in r.get("departed", {}).items():
                 runstate.setdefault(int(vid), list(rs))
-            for vid, samples in r["wake_lat"].items():
-                lat.setdefault(int(vid), []).extend(samples)
-            hv_stays.extend(r["hv_stays"])
+            for vid, vals in r["wake_lat"].items():
+                lat.setdefault(int(vid), []).extend(vals)
+            for name, stays in r["hv_stays"].items():
+                hv_stays.setdefault(name, []).extend(stays)
+            for name, per_vid in r.get("samples", {}).items():
+                dst = samples.setdefault(name, {})
+                for vid, vals in per_vid.items():
+                    dst.setdefault(int(vid), []).extend(vals)
             for name, (n, pre) in r["hv_by_kind"].items():
                 c = hcalls.setdefault(name, [0, 0])
                 c[0] += n
@@ -83,6 +100,10 @@ def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int
                     "wake_latency_us": percentiles_us(lat.get(vid, [])),
                 }
             )
+        uid = d.uid
+        io = [x for i in range(d.nr_vcpus) for x in samples.get("io_lat", {}).get(make_vid(uid, i), [])]
+        work = counters.get(f"work.{uid}", 0)
+        paging = {k.split(".")[-1]: v for k, v in counters.items() if k.startswith(f"paging.{uid}.")}
         entry = {
             "name": d.name,
             "host": where.get(d.uid, plan.dom_host[d.uid]),
@@ -91,12 +112,23 @@ def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int
             "weight": d.weight,
             "cap": d.cap,
             "cpu_pct": round(100.0 * run_total / sim_ns, 4) if sim_ns else 0.0,
+            "paging_mode": d.paging,
+            "work": work,
+            "work_per_cpu_s": round(work / (run_total / 1e9), 3) if run_total else None,
+            "pages_written": counters.get(f"pages_written.{uid}", 0),
+            "paging_ns": paging,
             "vcpus": vcpus,
         }
+        if io:
+            entry["io_latency_us"] = percentiles_us(io)
+        frames = frames_of.get(uid)
+        if frames is not None:
+            entry["frames"] = frames
         if d.uid in destroyed:
             entry["destroyed"] = True
         domains.append(entry)
-    hv = percentiles_us(hv_stays)
+    all_stays = [x for v in hv_stays.values() for x in v]
+    hv = percentiles_us(all_stays)
     summary: dict[str, Any] = {
         "seed": plan.seed,
         "backend": backend,
@@ -105,8 +137,11 @@ def build_summary(plan: Plan, reports: dict[str, list[dict]], *, where: dict[int
         "pcpus": pcpus,
         "domains": domains,
         "hypercalls": {
-            "by_kind": {k: {"count": v[0], "preempted": v[1]} for k, v in sorted(hcalls.items())},
+            "by_kind": {
+                k: {"count": v[0], "preempted": v[1], "stay_us": percentiles_us(hv_stays.get(k, []))} for k, v in sorted(hcalls.items())
+            },
             "hypervisor_stay_us": hv,
+            "preempt_response_us": percentiles_us([x for v in samples.get("hv_preempt_response", {}).values() for x in v]),
         },
         "counters": counters,
         "scheduler_events": events,

@@ -130,9 +130,11 @@ def run_loaded(
                 reports[h] = [reports[h][0]] + frs
         state = mgr.state()
         wall = time.perf_counter() - t1
+        frames = {int(uid): n for st in state.get("extra", {}).get("hosts", {}).values() for uid, n in st.get("frames", {}).items()}
         summary = build_summary(
             plan,
             reports,
+            frames=frames,
             where={int(k): v for k, v in state["where"].items()},
             destroyed=set(state["destroyed"]),
             backend=backend,

@@ -75,7 +75,9 @@ class HostSpec:
     skip_quiet: bool = True
     trace_max: int = 2_000_000
     costs: dict = field(default_factory=dict)
+    paging_costs: dict = field(default_factory=dict)
     checks: bool = False
+    preempt_hypercalls: bool = True
 
     def pool_of_cpu(self) -> dict[int, int]:
         out = {}
@@ -108,6 +110,8 @@ def make_core(spec: HostSpec, pcpu: int, domains: dict[int, DomainInfo], memory,
         start_ns=start_ns,
         costs=HypercallCosts(**spec.costs),
         checks=spec.checks,
+        paging_costs=spec.paging_costs,
+        preempt=spec.preempt_hypercalls,
     )
 
 
@@ -170,6 +174,9 @@ class HostEngine:
     def next_boundary(self) -> int:
         nxt = self._grid_after(self.now)
         if not self.spec.skip_quiet or self.held:
+            return nxt
+        # pending items other than views can wake vCPUs: no skipping past them
+        if any(it[0] != "view" for items in self.pending.values() for it in items):
             return nxt
         h = min(self.horizons.values())
         cand = self._grid_after(h) if h < NEVER else NEVER
@@ -293,10 +300,12 @@ class HostEngine:
                 self.sent_view[c] = v
                 self.pending.setdefault(c, []).append(v)
         if self.want_frames and self.memory is not None:
-            got = self.memory.refill_caches(self.want_frames)
+            want = self.want_frames
+            got = self.memory.refill_caches(want)
             self.want_frames = {}
-            for c, mfns in got.items():
-                self.pending.setdefault(c, []).append(("frames", mfns))
+            for c, n in want.items():
+                mfns = got.get(c, [])
+                self.pending.setdefault(c, []).append(("frames", mfns, len(mfns) < n))
 
     def _host_msg(self, src: int, t: int, payload: tuple, others: dict[int, list]) -> None:
         kind = payload[0]
@@ -335,12 +344,16 @@ class HostEngine:
         if dom.pool not in self.pools:
             known = ", ".join(str(p) for p in self.pools)
             raise HostError(f"host {self.spec.name}: domain {dom.name!r} names pool {dom.pool}; pools here: {known}")
+        moved: list[int] = []
         if self.memory is not None:
-            self.memory.create_domain(dom, populate=populate)
+            moved = self.memory.create_domain(dom, populate=populate, domains=self.domains)
         self.domains[dom.uid] = dom
+        if dom.is_dom0:
+            self.dom0_uid = dom.uid
         ps = self.pools[dom.pool]
         ps.add_domain(dom)
-        inbox: dict[int, list] = {c: [("dom", dom.to_dict())] for c in self.cpus}
+        touched = self._auto_bind(dom) + [self.domains[u] for u in moved if u in self.domains and u != dom.uid]
+        inbox: dict[int, list] = {c: [("dom", d.to_dict()) for d in [dom] + touched] for c in self.cpus}
         if vcpus is None:
             vcpus = []
             for i in range(dom.nr_vcpus):
@@ -368,6 +381,33 @@ class HostEngine:
             v.sched = {}
             inbox[c].append(("xfer", pack_vcpu(v, with_sched=False), XFER_PLACE, None))
         self._command_round(inbox)
+
+    def _auto_bind(self, dom: DomainInfo) -> list[DomainInfo]:
+        """Toolstack device set-up: connect split-driver frontends to Domain-0's backend
+        (one interdomain channel per I/O-client vCPU, backends spread over dom0's vCPUs) and
+        the two vCPUs of a ping-pong pair. Returns other domains whose tables changed."""
+        touched: list[DomainInfo] = []
+        kinds = [w.get("kind") for w in dom.workloads]
+        d0 = self.domains.get(getattr(self, "dom0_uid", -1))
+        if d0 is not None and d0 is not dom and "io_client" in kinds:
+            for i, k in enumerate(kinds):
+                if k != "io_client" or any(b.notify_vcpu == i and b.remote_uid == d0.uid for b in dom.evtchn.values()):
+                    continue
+                pa = max(dom.evtchn, default=0) + 1
+                pb = max(d0.evtchn, default=0) + 1
+                back = self._backend_rr % d0.nr_vcpus
+                self._backend_rr += 1
+                dom.evtchn[pa] = EvtchnBinding(pa, d0.uid, pb, i)
+                d0.evtchn[pb] = EvtchnBinding(pb, dom.uid, pa, back)
+            touched.append(d0)
+        if kinds[:2] == ["pingpong", "pingpong"] and not any(b.remote_uid == dom.uid for b in dom.evtchn.values()):
+            pa = max(dom.evtchn, default=0) + 1
+            pb = pa + 1
+            dom.evtchn[pa] = EvtchnBinding(pa, dom.uid, pb, 0)
+            dom.evtchn[pb] = EvtchnBinding(pb, dom.uid, pa, 1)
+        return touched
+
+    _backend_rr = 0
 
     def destroy_domain(self, uid: int) -> int:
         """Remove a domain whose vCPUs were exported (or never ran); free its memory."""
@@ -499,7 +539,11 @@ class HostEngine:
         return [reports[c] for c in self.cpus]
 
     def stats(self) -> dict:
-        return {"boundaries": self.boundaries, "rounds": self.rounds, "now": self.now}
+        out = {"boundaries": self.boundaries, "rounds": self.rounds, "now": self.now}
+        if self.memory is not None:
+            out["frames"] = {uid: self.memory.domain_frames(uid) for uid in self.domains}
+            out["free_frames"] = self.memory.free_frames()
+        return out
 
     def dump(self) -> dict:
         return {

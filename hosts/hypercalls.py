@@ -266,7 +266,6 @@ def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         return core.costs.entry_ns, (lambda: -EINVAL)
     if start == nr_extents:
         return core.costs.entry_ns, (lambda: nr_extents)
-    state = {"failed_at": -1}
 
     if cmd == XENMEM_decrease_reservation:
 
@@ -275,22 +274,17 @@ def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
 
     else:
 
-        def apply(lo: int, hi: int) -> None:
-            if state["failed_at"] >= 0:
-                return
-            got = mem.populate(core, dom, base + start + lo, base + start + hi)
-            if got < hi - lo:
-                state["failed_at"] = start + lo + got
+        def apply(lo: int, hi: int) -> int:
+            # fewer than asked: this pCPU's frame cache ran dry (the engine then waits for a
+            # refill, or, if the host has no free frame, ends the call with the count done)
+            return mem.populate(core, dom, base + start + lo, base + start + hi)
 
     def encode(done: int) -> None:
         v.regs["rdi"] = cmd | ((start + done) << MEMOP_EXTENT_SHIFT)
 
     def finish(done: int) -> int:
-        if state["failed_at"] >= 0:
-            return state["failed_at"]
         return start + done
 
-    # Allocation failures end the call early with the count done, as Xen's do_memory_op.
     op = LongOp(HYPERVISOR_memory_op, nr_extents - start, 0, core.costs.memop_extent_ns, apply, encode, finish)
     return op
 
@@ -313,7 +307,7 @@ def _mmu_update(core: "PcpuCore", v: "VcpuState", dom) -> Any:
     if count > len(reqs) - offset:
         return core.costs.entry_ns, (lambda: -EFAULT)
     mem = core.memory
-    cost = core.paging_cost("mmu_update") if hasattr(core, "paging_cost") else core.costs.mmu_update_ns
+    cost = core.paging(dom).c.pt_update_ns["pv"]
 
     def apply(lo: int, hi: int) -> None:
         if mem is not None:
@@ -351,7 +345,8 @@ def _mmuext_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         v.hcall_args["offset"] = offset + done
         v.regs["rsi"] = (count - done) | MMU_UPDATE_PREEMPTED
 
-    return LongOp(HYPERVISOR_mmuext_op, count, 0, core.costs.mmuext_ns, apply, encode, lambda done: 0)
+    cost = core.paging(dom).c.cr3_switch_ns["pv"]
+    return LongOp(HYPERVISOR_mmuext_op, count, 0, cost, apply, encode, lambda done: 0)
 
 
 def _xen_version(core: "PcpuCore", v: "VcpuState", dom) -> Any:

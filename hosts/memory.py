@@ -84,6 +84,7 @@ class HostMemory:
 
         if full:
             self.content = view("content", np.uint8, (frames, PAGE_SIZE))
+            self.content64 = self.content.view(np.uint64)
             self.tags = None
         else:
             self.tags = view("content", np.uint64)
@@ -106,7 +107,7 @@ class HostMemory:
 
     def close(self) -> None:
         """Drop the numpy views so the underlying buffer can be released."""
-        self.content = self.tags = self.owner = self.p2m = self.dirty = None
+        self.content = self.content64 = self.tags = self.owner = self.p2m = self.dirty = None
         self._buf = None
 
     # --- master: domains -------------------------------------------------------------------
@@ -136,6 +137,26 @@ class HostMemory:
                 merged.append((o, ln))
         self._slices_free = merged
 
+    def compact(self, domains: dict[int, DomainInfo]) -> list[int]:
+        """Move every domain's p2m and log-dirty slices to the front, in order, so free space
+        is one extent again (master only, pCPUs stopped). Returns the uids whose offsets moved."""
+        moved = []
+        off = 0
+        for uid, (old, n) in sorted(self._slice_of.items(), key=lambda kv: kv[1][0]):
+            if old != off:
+                self.p2m[off : off + n] = self.p2m[old : old + n].copy()
+                self.dirty[off : off + n] = self.dirty[old : old + n].copy()
+                self._slice_of[uid] = (off, n)
+                if uid in domains:
+                    domains[uid].p2m_off = off
+                    domains[uid].dirty_off = off
+                moved.append(uid)
+            off += n
+        self.p2m[off:] = -1
+        self.dirty[off:] = 0
+        self._slices_free = [(off, self.frames - off)] if off < self.frames else []
+        return moved
+
     def check_fits(self, name: str, pages: int, max_pages: int) -> None:
         free = self.free_frames()
         if pages > free:
@@ -143,12 +164,16 @@ class HostMemory:
                 f"domain {name!r} needs {pages} pages ({pages * PAGE_SIZE >> 20} MiB) but the host has {free} free "
                 f"({free * PAGE_SIZE >> 20} MiB)"
             )
-        if not any(ln >= max_pages for _, ln in self._slices_free):
+        if sum(ln for _, ln in self._slices_free) < max_pages:
             raise MemoryError_(f"domain {name!r}: no room for a p2m of {max_pages} pages on this host")
 
-    def create_domain(self, dom: DomainInfo, populate: bool = True) -> None:
-        """Reserve a p2m and log-dirty slice and (if ``populate``) back every guest page."""
+    def create_domain(self, dom: DomainInfo, populate: bool = True, domains: dict | None = None) -> list[int]:
+        """Reserve a p2m and log-dirty slice and (if ``populate``) back every guest page.
+        Returns the uids of other domains whose slices moved (compaction) to re-broadcast."""
         self.check_fits(dom.name, dom.mem_pages if populate else 0, dom.max_pages)
+        moved: list[int] = []
+        if not any(ln >= dom.max_pages for _, ln in self._slices_free):
+            moved = self.compact(domains or {})
         off = self._alloc_slice(dom.max_pages)
         self._slice_of[dom.uid] = (off, dom.max_pages)
         dom.p2m_off = off
@@ -160,6 +185,7 @@ class HostMemory:
             self.owner[mfns] = dom.uid
             self.p2m[off : off + dom.mem_pages] = mfns
             self._zero(mfns)
+        return moved
 
     def destroy_domain(self, dom: DomainInfo) -> int:
         """Free every frame of the domain and its slices; returns the frames freed."""
@@ -196,22 +222,35 @@ class HostMemory:
     def gpfn_to_mfn(self, dom: DomainInfo, gpfns: np.ndarray) -> np.ndarray:
         return self.p2m[dom.p2m_off + gpfns]
 
-    def write_pages(self, dom: DomainInfo, gpfns: np.ndarray, tag: int) -> np.ndarray:
-        """Guest writes to ``gpfns``: content changes and, if log-dirty is on, dirty bits.
-        Returns the mfns written (pages with no frame are skipped, as a guest fault would)."""
+    def write_tags(self, dom: DomainInfo, gpfns: np.ndarray, values) -> np.ndarray:
+        """Guest writes to ``gpfns``: each page takes its value (in full mode the value fills
+        the page's 4 KiB); if log-dirty is on, the pages are marked dirty. Pages with no frame
+        (ballooned out) are skipped, as the guest's write would fault. Returns the mfns."""
+        gpfns = np.asarray(gpfns, dtype=np.int64)
+        values = np.broadcast_to(np.asarray(values, dtype=np.uint64), gpfns.shape)
         mfns = self.p2m[dom.p2m_off + gpfns]
         ok = mfns >= 0
         if not ok.all():
-            gpfns = gpfns[ok]
-            mfns = mfns[ok]
+            gpfns, mfns, values = gpfns[ok], mfns[ok], values[ok]
         if self.full:
-            self.content[mfns, :8] = np.frombuffer(np.uint64(tag).tobytes(), dtype=np.uint8)
-            self.content[mfns, 8:16] = np.frombuffer(np.uint64(tag).tobytes(), dtype=np.uint8)
+            self.content64[mfns, :] = values[:, None]
         else:
-            self.tags[mfns] = tag + gpfns.astype(np.uint64)
+            self.tags[mfns] = values
         if dom.log_dirty:
             self.dirty[dom.dirty_off + gpfns] = 1
         return mfns
+
+    def read_tags(self, dom: DomainInfo, gpfns: np.ndarray) -> np.ndarray:
+        """What the guest reads at ``gpfns`` (the first 8 bytes in full mode); 0 if no frame."""
+        gpfns = np.asarray(gpfns, dtype=np.int64)
+        mfns = self.p2m[dom.p2m_off + gpfns]
+        out = np.zeros(gpfns.shape, dtype=np.uint64)
+        ok = mfns >= 0
+        if self.full:
+            out[ok] = self.content64[mfns[ok], 0]
+        else:
+            out[ok] = self.tags[mfns[ok]]
+        return out
 
     def read_pages(self, dom: DomainInfo, gpfns: np.ndarray) -> bytes:
         mfns = self.p2m[dom.p2m_off + gpfns]
@@ -275,7 +314,8 @@ class HostMemory:
         core.metrics["frames_freed"] = core.metrics.get("frames_freed", 0) + int(mfns.size)
 
     def populate(self, core: "PcpuCore", dom: DomainInfo, lo: int, hi: int) -> int:
-        """Back pfns [lo, hi) with frames from this pCPU's cache; returns how many were done."""
+        """Back pfns [lo, hi) with frames from this pCPU's cache; returns how many were done
+        (fewer when the cache runs dry: the caller then waits for the host to refill it)."""
         sl = self.p2m[dom.p2m_off + lo : dom.p2m_off + hi]
         need = np.flatnonzero(sl < 0)
         cache = core.frame_cache
@@ -288,7 +328,8 @@ class HostMemory:
             sl[need[:n]] = take
             core.metrics["frames_populated"] = core.metrics.get("frames_populated", 0) + n
         if n < need.size:
-            core.outbox.append(("host", core.now, ("want_frames", int(need.size - n))))
+            if not core.frames_exhausted:
+                core.outbox.append(("host", core.now, ("want_frames", int(need.size - n))))
             return int(need[n])
         return hi - lo
 
@@ -298,8 +339,7 @@ class HostMemory:
             return
         arr = np.asarray(reqs, dtype=np.int64).reshape(-1, 2)
         pfns = arr[:, 0] % dom.mem_pages if dom.mem_pages else arr[:, 0]
-        self.write_pages(dom, pfns.astype(np.int64), int(arr[-1, 1]) & ((1 << 48) - 1))
+        self.write_tags(dom, pfns, arr[:, 1].astype(np.uint64))
 
     def handle_item(self, core: "PcpuCore", item: tuple) -> None:
-        if item[0] == "frames":
-            core.frame_cache.extend(item[1])
+        pass

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+
+import numpy as np
 from heapq import heappop, heappush
 from typing import Any, Callable
 
@@ -37,6 +39,7 @@ from hosts.clock import NEVER
 from hosts.codec import pack_vcpu, unpack_vcpu
 from hosts.domain import DomainInfo
 from hosts.events import PRIO_GUEST, PRIO_TIMER, EventQueue
+from hosts.paging import PagingCosts, PagingModel
 from hosts.sched.base import PoolView
 from hosts.vcpu import (
     RUNSTATE_BLOCKED,
@@ -44,6 +47,7 @@ from hosts.vcpu import (
     RUNSTATE_RUNNABLE,
     RUNSTATE_RUNNING,
     VPF_BLOCKED,
+    VPF_BLOCKED_IN_XEN,
     VPF_DOWN,
     VPF_MIGRATING,
     VcpuState,
@@ -74,7 +78,7 @@ class InvariantError(AssertionError):
 class LongOp:
     """A hypercall in progress that runs in chunks of one extent each."""
 
-    __slots__ = ("nr", "total", "done", "cost", "seg_start", "apply", "encode", "finish")
+    __slots__ = ("nr", "total", "done", "cost", "seg_start", "apply", "encode", "finish", "cond_ns")
 
     def __init__(self, nr: int, total: int, done: int, cost: int, apply: Callable, encode: Callable, finish: Callable):
         self.nr = nr
@@ -85,6 +89,7 @@ class LongOp:
         self.apply = apply  # apply(lo, hi): do extents [lo, hi)
         self.encode = encode  # encode(done): write the continuation into the vCPU's registers
         self.finish = finish  # finish(done) -> return value
+        self.cond_ns = -1  # when a preemption condition first arose in this entry
 
 
 class PcpuCore:
@@ -105,6 +110,8 @@ class PcpuCore:
         start_ns: int = 0,
         costs: "hc.HypercallCosts | None" = None,
         checks: bool = False,
+        paging_costs: dict | None = None,
+        preempt: bool = True,
     ):
         self.host = host
         self.pcpu = pcpu
@@ -132,7 +139,12 @@ class PcpuCore:
         self.workloads: dict[int, Any] = {}  # vid -> workload object (parameters only)
         self._wl_cache: dict = {}
         self.frame_cache: list[int] = []  # frames this pCPU may hand out mid-epoch
+        self.frames_exhausted = False  # the host said it has no free frame left
         self.departed: dict[int, list[int]] = {}  # runstates of vCPUs of destroyed domains
+        self.samples: dict[str, dict[int, list[int]]] = {}
+        self.paging_costs = PagingCosts.from_dict(paging_costs)
+        self._paging: dict[int, PagingModel] = {}
+        self._ld_seen: dict[int, tuple] = {}
         # accounting
         self.busy_ns = 0
         self.idle_ns = 0
@@ -147,10 +159,11 @@ class PcpuCore:
         self._dbuf = array("q")
         # metrics
         self.wake_lat: dict[int, list[int]] = {}
-        self.hv_stays: list[int] = []
+        self.hv_stays: dict[str, list[int]] = {}
         self.hv_by_kind: dict[str, list[int]] = {}  # hypercall name -> [count, preemptions]
         self.metrics: dict[str, int] = {}
         self.checks = checks
+        self.preempt = preempt  # hypercall_preempt_check; False: long hypercalls run to completion
         self.sched = sched_entry.pcpu(self, sched_params)
 
     # ========================================================================================
@@ -449,24 +462,43 @@ class PcpuCore:
         k = (self.now - op.seg_start) // op.cost
         if k > op.total - op.done:
             k = op.total - op.done
+        starved = False
         if k > 0:
-            op.apply(op.done, op.done + k)
+            got = op.apply(op.done, op.done + k)
+            if got is not None and got < k:
+                k = got
+                starved = True
             op.done += k
-        if op.done >= op.total:
+        if op.done >= op.total or (starved and self.frames_exhausted):
+            # done, or the host is out of memory: Xen returns the extents done so far
             self.long = None
             self._exit_hypercall(v, op.finish(op.done))
             return
-        if self.softirq or self.timer_softirq or v.upcall_pending:
-            # hypercall_create_continuation: progress into the guest's registers.
+        if starved:
+            # wait in Xen for this pCPU's frame cache to be refilled at the next boundary
             self.long = None
             op.encode(op.done)
             v.hcall_preempted = True
             self._count_hcall(op.nr, preempted=True)
-            self._leave_xen(v)
+            self._leave_xen(v, op.nr)
+            v.pause_flags |= VPF_BLOCKED_IN_XEN
+            self.sched.sleep(v)
+            self.softirq = True
+            return
+        if self.preempt and (self.softirq or self.timer_softirq or v.upcall_pending):
+            # hypercall_create_continuation: progress into the guest's registers.
+            self.long = None
+            if op.cond_ns >= 0:
+                self.sample("hv_preempt_response", v.vid, self.now - op.cond_ns)
+            op.encode(op.done)
+            v.hcall_preempted = True
+            self._count_hcall(op.nr, preempted=True)
+            self._leave_xen(v, op.nr)
             if not self.softirq:
                 self._resume_guest(v)  # nothing to schedule: the guest re-executes at once
             return
         op.seg_start = self.now
+        op.cond_ns = -1
         self._plan_long(first=True)
 
     def _plan_long(self, first: bool) -> None:
@@ -481,6 +513,10 @@ class PcpuCore:
         """A preemption condition arose: stop at the next extent boundary (never before the
         first extent of this entry)."""
         op = self.long
+        if not self.preempt:
+            return
+        if op.cond_ns < 0:
+            op.cond_ns = self.now
         elapsed = self.now - op.seg_start
         k = max(1, -(-elapsed // op.cost))
         if k > op.total - op.done:
@@ -495,13 +531,17 @@ class PcpuCore:
         v.regs["rax"] = result & 0xFFFFFFFFFFFFFFFF if result < 0 else result
         v.regs["rip"] += 2
         self._count_hcall(nr, preempted=False)
-        self._leave_xen(v)
+        self._leave_xen(v, nr)
         if self.curr is v and not self.softirq and self.mode == MODE_GUEST:
             self._guest_next(v)
 
-    def _leave_xen(self, v: VcpuState) -> None:
+    def _leave_xen(self, v: VcpuState, nr: int) -> None:
         stay = self.now - v.hv_entry_ns
-        self.hv_stays.append(stay)
+        name = hc.NAMES.get(nr, str(nr))
+        lst = self.hv_stays.get(name)
+        if lst is None:
+            lst = self.hv_stays[name] = []
+        lst.append(stay)
         self.mode = MODE_GUEST
         self.timer_softirq = False
         self.gen += 1
@@ -521,6 +561,50 @@ class PcpuCore:
     _pending_effect = None
 
     # ========================================================================================
+    # guest memory and accounting helpers (for workloads)
+    # ========================================================================================
+    def paging(self, dom: DomainInfo) -> PagingModel:
+        pm = self._paging.get(dom.uid)
+        if pm is None or pm.mode != dom.paging:
+            pm = self._paging[dom.uid] = PagingModel(dom.paging, self.paging_costs)
+        return pm
+
+    def guest_write(self, v: VcpuState, dom: DomainInfo, gpfns, tags) -> int:
+        """The guest writes ``gpfns``; returns the ns Xen charges it (log-dirty faults)."""
+        self.memory.write_tags(dom, gpfns, tags)
+        key = dom.uid
+        self.metrics[f"pages_written.{key}"] = self.metrics.get(f"pages_written.{key}", 0) + len(gpfns)
+        if not dom.log_dirty:
+            return 0
+        seen = self._ld_seen.get(key)
+        if seen is None or seen[0] != dom.dirty_round or seen[1].size != dom.max_pages:
+            seen = (dom.dirty_round, np.zeros(dom.max_pages, dtype=bool))
+            self._ld_seen[key] = seen
+        bm = seen[1]
+        u = np.unique(gpfns)
+        new = u[~bm[u]]
+        if not new.size:
+            return 0
+        bm[new] = True
+        pm = self.paging(dom)
+        ns = pm.logdirty_faults(int(new.size)) + pm.shadow_rebuilds(int(new.size))
+        self.metrics[f"paging.{key}.logdirty_ns"] = self.metrics.get(f"paging.{key}.logdirty_ns", 0) + ns
+        self.metrics[f"paging.{key}.logdirty_faults"] = self.metrics.get(f"paging.{key}.logdirty_faults", 0) + int(new.size)
+        return ns
+
+    def count(self, key: str, n: int) -> None:
+        self.metrics[key] = self.metrics.get(key, 0) + n
+
+    def sample(self, name: str, vid: int, value: int) -> None:
+        d = self.samples.get(name)
+        if d is None:
+            d = self.samples[name] = {}
+        lst = d.get(vid)
+        if lst is None:
+            lst = d[vid] = []
+        lst.append(value)
+
+    # ========================================================================================
     # wake path (event channels, timers, pause)
     # ========================================================================================
     def send_virq(self, v: VcpuState, virq: int) -> None:
@@ -531,7 +615,7 @@ class PcpuCore:
         if port not in v.pending_ports:
             v.pending_ports.append(port)
         if payload is not None:
-            v.pending_payloads.append(payload)
+            v.pending_payloads.append((port, payload))
         v.upcall_pending = True
         if v.pause_flags & VPF_BLOCKED:
             if not v.poll_ports or port in v.poll_ports or port < 0:
@@ -640,6 +724,9 @@ class PcpuCore:
             elif kind == "dom":
                 info = DomainInfo.from_dict(it[1])
                 self.domains[info.uid] = info
+                for vid, v in self.vcpus.items():  # workloads read the domain table entry
+                    if v.dom == info.uid:
+                        self.workloads[vid] = make_workload(info, v.idx, self._wl_cache)
             elif kind == "domdel":
                 self.domains.pop(it[1], None)
             elif kind == "pause":
@@ -656,6 +743,15 @@ class PcpuCore:
                 self._kill(it[1])
             elif kind == "affinity":
                 self._set_affinity(it[1], it[2], it[3])
+            elif kind == "frames":
+                self.frame_cache.extend(it[1])
+                self.frames_exhausted = bool(it[2])
+                for v in list(self.vcpus.values()):
+                    if v.pause_flags & VPF_BLOCKED_IN_XEN:
+                        v.pause_flags &= ~VPF_BLOCKED_IN_XEN
+                        if v.runnable() and v is not self.curr:
+                            v.set_runstate(RUNSTATE_RUNNABLE, self.now)
+                            self.sched.wake(v)
             else:
                 hc.handle_host_item(self, it)
 
@@ -780,7 +876,7 @@ class PcpuCore:
         self.last_switch_ns = self.now
         vcpus = {}
         for vid, v in self.vcpus.items():
-            vcpus[vid] = {"runstate_ns": v.runstate_totals(self.now), "regs": dict(v.regs)}
+            vcpus[vid] = {"runstate_ns": v.runstate_totals(self.now), "regs": dict(v.regs), "wl": _plain_wl(v.wl), "hcall_preempted": v.hcall_preempted}
         return {
             "host": self.host,
             "pcpu": self.pcpu,
@@ -797,7 +893,13 @@ class PcpuCore:
             "vcpus": vcpus,
             "departed": dict(self.departed),
             "metrics": dict(self.metrics),
+            "samples": self.samples,
         }
+
+
+def _plain_wl(wl: dict) -> dict:
+    """A workload state small enough for the report (long lists are summarised)."""
+    return {k: (v if not isinstance(v, (list, tuple)) or len(v) <= 16 else len(v)) for k, v in wl.items()}
 
 
 __all__ = ["PcpuCore", "LongOp", "XFER_PUSH", "XFER_STOLEN", "XFER_PLACE", "vid_dom", "RUNSTATE_RUNNING"]

@@ -15,12 +15,15 @@ was cut short by a preemption) and ``on_events`` runs when the guest's event upc
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import numpy as np
+
 from hosts import hypercalls as hc
-from hosts.clock import MS, US
+from hosts.clock import MS, NEVER, US
+from hosts.paging import PAGE_2M, PAGE_4K
 
 VIRQ_TIMER = -1
 HUGE_NS = 1 << 50
@@ -57,6 +60,67 @@ class YieldParams(_P):
 
 class IdleParams(_P):
     kind: Literal["idle"] = Field(description="Blocks and stays blocked unless events arrive (does nothing with them).")
+
+
+class MemWriteParams(_P):
+    kind: Literal["memwrite"] = Field(description="Dirties guest pages at a steady rate while it runs (the classic live-migration load).")
+    dirty_mb_s: float = Field(gt=0, description="Page writes per second of CPU time, as MB/s of 4 KiB pages (decimal MB).")
+    working_set_mib: Optional[float] = Field(None, gt=0, description="Pages written are drawn from the first working_set_mib of guest memory (default: all of it).")
+    hot_set_pct: float = Field(10.0, gt=0, le=100, description="Size of the hot set, in % of the working set.")
+    hot_fraction: float = Field(0.0, ge=0, le=1, description="Share of writes that go to the hot set (the rest: uniform over the working set).")
+    quantum_us: float = Field(1000.0, gt=0, description="CPU time between batches of writes, in us.")
+
+
+class PtChurnParams(_P):
+    kind: Literal["ptchurn"] = Field(description="fork/exec-like: page-table updates, page faults and address-space switches around some compute.")
+    compute_us: float = Field(300.0, ge=0, description="Plain computation per iteration, in us.")
+    pt_updates: int = Field(64, ge=0, description="PTE updates per iteration (PV: mmu_update hypercalls).")
+    page_faults: int = Field(16, ge=0, description="Guest page faults per iteration.")
+    cr3_switches: int = Field(2, ge=0, description="Address-space switches per iteration (PV: mmuext_op NEW_BASEPTR).")
+    pages_touched: int = Field(16, ge=0, description="Fresh pages written per iteration.")
+    mmu_batch: int = Field(32, ge=1, le=4096, description="PTE updates per mmu_update hypercall (PV).")
+
+
+class TlbRandomParams(_P):
+    kind: Literal["tlbrandom"] = Field(description="Random accesses over a large working set: TLB-miss bound.")
+    working_set_mib: float = Field(1024.0, gt=0, description="Working set in MiB (may exceed guest memory: only its size matters).")
+    page_size: Literal["4k", "2m"] = Field("4k", description="Guest page size.")
+    host_page_size: Literal["4k", "2m"] = Field("4k", description="Host (p2m) page size under HAP.")
+    accesses_per_quantum: int = Field(10_000, ge=1, description="Accesses per burst of computation.")
+    write_fraction: float = Field(0.0, ge=0, le=1, description="Share of accesses that write (and dirty) a page.")
+
+
+class IoClientParams(_P):
+    kind: Literal["io_client"] = Field(description="Split-driver I/O: compute, post a request to Domain-0's backend, block until it completes.")
+    think_us: float = Field(500.0, gt=0, description="Mean computation between requests, in us (exponential).")
+    service_us: float = Field(50.0, gt=0, description="Backend CPU time per request in Domain-0, in us.")
+
+
+class IoBackendParams(_P):
+    kind: Literal["io_backend"] = Field(description="Domain-0's backend: serves requests posted by I/O clients (the default for Domain-0).")
+
+
+class BalloonParams(_P):
+    kind: Literal["balloon"] = Field(description="A balloon driver: one memory_op over a range of guest pages, then idle or CPU-bound.")
+    op: Literal["decrease", "increase", "populate"] = Field(description="decrease_reservation, increase_reservation or populate_physmap.")
+    first_pfn: int = Field(0, ge=0, description="First guest page of the range.")
+    pages: int = Field(ge=1, description="Number of 4 KiB extents.")
+    at_ms: float = Field(0.0, ge=0, description="When to issue the hypercall, in ms of simulated time.")
+    then: Literal["idle", "cpu"] = Field("idle", description="What the vCPU does afterwards.")
+
+
+class HcallParams(_P):
+    kind: Literal["hcall"] = Field(description="Issues one hypercall (number and arguments as given) at at_ms, records its result, then idles or computes.")
+    nr: int = Field(ge=0, le=63, description="Hypercall number (Xen's __HYPERVISOR_*), e.g. 1 mmu_update, 12 memory_op, 29 sched_op, 32 event_channel_op.")
+    args: list[int] = Field(default_factory=list, max_length=5, description="Register arguments (rdi, rsi, rdx, r10, r8).")
+    struct: dict = Field(default_factory=dict, description="The guest structure a pointer argument designates (e.g. {port: 9} for EVTCHNOP_send).")
+    at_ms: float = Field(0.0, ge=0, description="When to issue it, in ms of simulated time.")
+    then: Literal["idle", "cpu"] = Field("idle", description="What the vCPU does afterwards.")
+
+
+class PingPongParams(_P):
+    kind: Literal["pingpong"] = Field(description="vCPU 0 writes a page and notifies vCPU 1, which reads it and answers through another page (needs 2 vCPUs).")
+    think_us: float = Field(50.0, gt=0, description="Computation between rounds, in us.")
 
 
 class Workload:
@@ -165,12 +229,340 @@ class Idle(Workload):
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
 
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _tags(v, n: int) -> np.ndarray:
+    """Distinct content tags for n page writes by this vCPU: (vid << 32) | sequence."""
+    seq = v.wl.get("seq", 0)
+    v.wl["seq"] = seq + n
+    return (np.uint64(v.vid) << np.uint64(32)) | (np.arange(seq, seq + n, dtype=np.uint64) & np.uint64(0xFFFFFFFF))
+
+
+class MemWriter(Workload):
+    """Writes ``dirty_mb_s`` worth of pages per CPU second, in batches every ``quantum_us``.
+
+    Log-dirty faults (and, under shadow, the rebuild storm after each CLEAN) are charged as
+    extra CPU time spent in Xen before the next quantum, so a migrated guest gets less done.
+    """
+
+    kind = "memwrite"
+
+    def __init__(self, params, dom, idx):
+        super().__init__(params, dom, idx)
+        self.rate_mpps = int(round(params.dirty_mb_s * 1e6 / PAGE_4K * 1000))  # milli-pages/s
+        ws = dom.mem_pages if params.working_set_mib is None else int(params.working_set_mib * (1 << 20) // PAGE_4K)
+        self.ws = max(1, min(ws, dom.mem_pages))
+        self.hot = max(1, int(self.ws * params.hot_set_pct / 100))
+        self.quantum = int(params.quantum_us * US)
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "acc": 0, "ovh": 0, "seq": 0, "work": 1}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        if w["ovh"] > 0:
+            ns, w["ovh"], w["work"] = w["ovh"], 0, 0
+            return (A, ns)
+        w["work"] = 1
+        return (A, self.quantum)
+
+    def on_compute(self, v, ns: int, core) -> None:
+        w = v.wl
+        if not w["work"]:
+            return
+        w["acc"] += ns * self.rate_mpps
+        n, w["acc"] = divmod(w["acc"], 10**12)
+        if n <= 0:
+            return
+        n_hot = int(round(n * self.p.hot_fraction))
+        pf = np.empty(n, dtype=np.int64)
+        if n_hot:
+            pf[:n_hot] = v.rng.integers(0, self.hot, n_hot)
+        if n - n_hot:
+            pf[n_hot:] = v.rng.integers(0, self.ws, n - n_hot)
+        w["ovh"] += core.guest_write(v, self.dom, pf, _tags(v, n))
+
+
+class PtChurn(Workload):
+    """fork/exec-like iterations; the paging mode decides what each part costs.
+
+    HVM: one burst per iteration of compute plus the mode's costs. PV: compute and faults,
+    then real ``mmu_update`` hypercalls in batches (preemptible, with continuations) and a
+    ``mmuext_op`` per address-space switch.
+    """
+
+    kind = "ptchurn"
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "left": 0, "seq": 0}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        p = self.p
+        pm = core.paging(self.dom)
+        pc = w["pc"]
+        if pc == 0:
+            if w.get("it"):
+                core.count(f"work.{self.dom.uid}", 1)
+            w["it"] = 1
+            ns = int(p.compute_us * US) + pm.page_faults(p.page_faults)
+            if self.dom.paging != "pv":
+                ns += pm.pt_updates(p.pt_updates) + pm.cr3_switches(p.cr3_switches)
+                core.count(f"paging.{self.dom.uid}.pt_ns", pm.pt_updates(p.pt_updates) + pm.cr3_switches(p.cr3_switches))
+            else:
+                w["left"] = p.pt_updates
+                w["cr3"] = p.cr3_switches
+                w["pc"] = 1
+            core.count(f"paging.{self.dom.uid}.fault_ns", pm.page_faults(p.page_faults))
+            if p.pages_touched:
+                pf = v.rng.integers(0, max(1, self.dom.mem_pages), p.pages_touched)
+                ns += core.guest_write(v, self.dom, pf, _tags(v, p.pages_touched))
+            return (A, max(1, ns))
+        if pc == 1 and w["left"] > 0:
+            k = min(p.mmu_batch, w["left"])
+            w["left"] -= k
+            base = int(v.rng.integers(0, max(1, self.dom.mem_pages)))
+            reqs = [[base + i, (v.vid << 20) + i] for i in range(k)]
+            return (H, hc.HYPERVISOR_mmu_update, (0, k, {"reqs": reqs}))
+        if pc == 1 and w.get("cr3", 0) > 0:
+            w["cr3"] -= 1
+            return (H, hc.HYPERVISOR_mmuext_op, (0, 1, {"ops": [[hc.MMUEXT_NEW_BASEPTR, 0]]}))
+        w["pc"] = 0
+        return self.next_action(v, core)
+
+
+class TlbRandom(Workload):
+    """Bursts of random accesses; each costs a DRAM access plus, on a TLB miss, the walk."""
+
+    kind = "tlbrandom"
+
+    def __init__(self, params, dom, idx):
+        super().__init__(params, dom, idx)
+        self.guest_page = PAGE_2M if params.page_size == "2m" else PAGE_4K
+        self.host_page = PAGE_2M if params.host_page_size == "2m" else PAGE_4K
+        self.ws_bytes = int(params.working_set_mib * (1 << 20))
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        if w.get("it"):
+            core.count(f"work.{self.dom.uid}", self.p.accesses_per_quantum)
+        w["it"] = 1
+        pm = core.paging(self.dom)
+        n = self.p.accesses_per_quantum
+        misses = n * pm.tlb_miss_rate(self.ws_bytes, self.guest_page)
+        walk = pm.tlb_misses(misses, self.guest_page, self.host_page)
+        core.count(f"paging.{self.dom.uid}.tlb_ns", walk)
+        ns = int(n * pm.c.dram_ns) + walk
+        if self.p.write_fraction > 0:
+            k = int(n * self.p.write_fraction)
+            if k:
+                pf = v.rng.integers(0, max(1, self.dom.mem_pages), k)
+                ns += core.guest_write(v, self.dom, pf, _tags(v, k))
+        return (A, max(1, ns))
+
+
+# --- I/O through Domain-0 --------------------------------------------------------------------
+
+
+def io_port(dom, idx: int) -> int:
+    """The port of vCPU ``idx`` bound to another domain (the toolstack bound it at creation)."""
+    for p, b in sorted(dom.evtchn.items()):
+        if b.notify_vcpu == idx and b.remote_uid >= 0 and b.remote_uid != dom.uid:
+            return p
+    return -1
+
+
+class IoClient(Workload):
+    """Frontend of a split driver: post a request on the shared ring, notify, block until the
+    backend's response event; the request-to-completion latency is sampled per request."""
+
+    kind = "io_client"
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "req": 0, "got": -1}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        pc = w["pc"]
+        if pc == 0:
+            w["pc"] = 1
+            return (A, _exp_ns(v, self.p.think_us * US))
+        if pc == 1:
+            port = io_port(self.dom, self.idx)
+            if port < 0:
+                w["pc"] = 0
+                return (A, int(self.p.think_us * US))  # no backend: just compute
+            w["req"] += 1
+            w["pc"] = 2
+            payload = [w["req"], core.now, int(self.p.service_us * US)]
+            return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port, "payload": payload}))
+        if w["got"] >= w["req"]:
+            w["pc"] = 0
+            return self.next_action(v, core)
+        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+    def on_events(self, v, core) -> None:
+        for port, payload in v.pending_payloads:
+            if payload is not None and len(payload) >= 2:
+                req, t_post = payload[0], payload[1]
+                core.sample("io_lat", v.vid, core.now - t_post)
+                core.count(f"work.{self.dom.uid}", 1)
+                v.wl["got"] = max(v.wl["got"], req)
+        super().on_events(v, core)
+
+
+class IoBackend(Workload):
+    """Domain-0's backend: each request costs its service time, then a response event."""
+
+    kind = "io_backend"
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "q": []}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        q = w["q"]
+        if w["pc"] == 1 and q:  # finished serving the head: answer it
+            port, req, t_post, _svc = q.pop(0)
+            w["pc"] = 0
+            return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port, "payload": [req, t_post]}))
+        if q:
+            w["pc"] = 1
+            return (A, max(1, int(q[0][3])))
+        w["pc"] = 0
+        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+    def on_events(self, v, core) -> None:
+        for port, payload in v.pending_payloads:
+            if payload is not None and len(payload) >= 3:
+                v.wl["q"].append([port, payload[0], payload[1], payload[2]])
+        super().on_events(v, core)
+
+
+# --- hypercall drivers ---------------------------------------------------------------------------
+
+
+class Balloon(Workload):
+    kind = "balloon"
+
+    CMD = {"decrease": hc.XENMEM_decrease_reservation, "increase": hc.XENMEM_increase_reservation, "populate": hc.XENMEM_populate_physmap}
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "result": None, "done_ns": -1}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        at = int(self.p.at_ms * MS)
+        if w["pc"] == 0:
+            if core.now < at:
+                w["pc"] = 0
+                if v.singleshot_ns == NEVER:
+                    return (H, hc.HYPERVISOR_set_timer_op, (at,))
+                return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+            w["pc"] = 1
+            args = {"extent_start": self.p.first_pfn, "nr_extents": self.p.pages, "extent_order": 0, "domid": self.dom.uid}
+            return (H, hc.HYPERVISOR_memory_op, (self.CMD[self.p.op], 0, args))
+        if w["pc"] == 1:
+            w["result"] = hc.signed(v.regs["rax"])
+            w["done_ns"] = core.now
+            w["pc"] = 2
+        if self.p.then == "cpu":
+            return (A, HUGE_NS)
+        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+
+class Hcall(Workload):
+    kind = "hcall"
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "result": None, "done_ns": -1}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        at = int(self.p.at_ms * MS)
+        if w["pc"] == 0:
+            if core.now < at:
+                if v.singleshot_ns == NEVER:
+                    return (H, hc.HYPERVISOR_set_timer_op, (at,))
+                return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+            w["pc"] = 1
+            return (H, self.p.nr, tuple(self.p.args) + ((dict(self.p.struct),) if self.p.struct else ()))
+        if w["pc"] == 1:
+            w["result"] = hc.signed(v.regs["rax"])
+            w["done_ns"] = core.now
+            w["pc"] = 2
+        if self.p.then == "cpu":
+            return (A, HUGE_NS)
+        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+
+class PingPong(Workload):
+    """Two vCPUs of one domain talk through guest memory: vCPU 0 writes round k into page 0 and
+    notifies; vCPU 1 reads page 0 and writes what it read into page 1 and notifies; vCPU 0
+    checks page 1. Counts matches and mismatches (a mismatch would mean memory is not shared)."""
+
+    kind = "pingpong"
+
+    def start(self, v, core) -> None:
+        v.wl = {"pc": 0, "rem": 0, "k": 0, "ok": 0, "bad": 0, "woke": 0}
+
+    def next_action(self, v, core) -> tuple:
+        w = v.wl
+        port = self._port(v)
+        if port < 0:
+            return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+        if self.idx == 0:
+            if w["pc"] == 0:
+                w["k"] += 1
+                core.memory.write_tags(self.dom, np.array([0]), np.array([w["k"]], dtype=np.uint64))
+                w["pc"] = 1
+                return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port}))
+            if w["pc"] == 1:
+                if not w["woke"]:
+                    return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+                w["woke"] = 0
+                got = int(core.memory.read_tags(self.dom, np.array([1]))[0])
+                w["ok" if got == w["k"] else "bad"] += 1
+                w["pc"] = 0
+                return (A, _exp_ns(v, self.p.think_us * US))
+        else:
+            if w["woke"]:
+                w["woke"] = 0
+                got = int(core.memory.read_tags(self.dom, np.array([0]))[0])
+                w["k"] = got
+                w["ok" if got > 0 else "bad"] += 1
+                core.memory.write_tags(self.dom, np.array([1]), np.array([got], dtype=np.uint64))
+                return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port}))
+            return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+    def _port(self, v) -> int:
+        for p, b in sorted(self.dom.evtchn.items()):
+            if b.notify_vcpu == self.idx and b.remote_uid == self.dom.uid:
+                return p
+        return -1
+
+    def on_events(self, v, core) -> None:
+        if v.pending_ports:
+            v.wl["woke"] = 1
+        super().on_events(v, core)
+
+
 WORKLOADS: dict[str, tuple[type[_P], type[Workload]]] = {
     "cpu": (CpuParams, CpuHog),
     "periodic": (PeriodicParams, Periodic),
     "io": (IoParams, IoLike),
     "yield": (YieldParams, YieldLoop),
     "idle": (IdleParams, Idle),
+    "memwrite": (MemWriteParams, MemWriter),
+    "ptchurn": (PtChurnParams, PtChurn),
+    "tlbrandom": (TlbRandomParams, TlbRandom),
+    "io_client": (IoClientParams, IoClient),
+    "io_backend": (IoBackendParams, IoBackend),
+    "balloon": (BalloonParams, Balloon),
+    "pingpong": (PingPongParams, PingPong),
+    "hcall": (HcallParams, Hcall),
 }
 
 
@@ -186,7 +578,7 @@ def workload_params_union():
 
 def make_workload(dom, idx: int, cache: dict) -> Workload:
     """The workload object of vCPU ``idx`` of ``dom`` (cached per domain-table entry)."""
-    key = (id(dom), idx)
+    key = (dom.uid, idx)
     wl = cache.get(key)
     if wl is None or wl.dom is not dom:
         spec = dom.workloads[idx] if idx < len(dom.workloads) else {"kind": "idle"}
