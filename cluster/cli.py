@@ -213,6 +213,23 @@ def print_summary(s: dict) -> None:
                 pg or "-",
             )
         out.print(mt)
+    migs = s.get("migrations", [])
+    if migs:
+        mg = Table(title="live migrations")
+        for col in ("migration", "policy", "status", "total s", "downtime ms", "rounds", "MB sent", "stop reason"):
+            mg.add_column(col, justify="left" if col in ("migration", "policy", "status", "stop reason") else "right")
+        for m in migs:
+            mg.add_row(
+                f"{m['domain']} {m['src']}->{m['dst']}",
+                m["policy"],
+                m["status"] + (f" ({m['reason']})" if m["reason"] else ""),
+                f"{m['total_ms'] / 1000:.3f}" if m["total_ms"] is not None else "-",
+                f"{m['downtime_ms']:.2f}" if m["downtime_ms"] is not None else "-",
+                str(m["rounds"]),
+                f"{m['bytes_sent'] / 1e6:.1f}",
+                m["stop_reason"] or "-",
+            )
+        out.print(mg)
     hk = s.get("hypercalls", {}).get("by_kind", {})
     if hk:
         ht = Table(title="hypercalls")

@@ -130,6 +130,7 @@ class HostCfg(_M):
     pools: Optional[list[PoolCfg]] = Field(None, description="cpupools: split the host's pCPUs, each pool with its own scheduler.")
     dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
     hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
+    nic_mbit_s: Optional[float] = Field(None, gt=0, description="Capacity of the host's network interface, shared by all its transfers, in Mbit/s (default: no limit beyond the links).")
     paging_costs: PagingCostsCfg = Field(default_factory=PagingCostsCfg, description="Costs of PV / shadow / HAP memory virtualisation.")
     preempt_hypercalls: bool = Field(True, description="Xen's hypercall_preempt_check; false lets long hypercalls run to completion (a reference for experiments).")
 
@@ -152,6 +153,44 @@ class DomainCfg(_M):
     workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")  # type: ignore[valid-type]
     vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")  # type: ignore[valid-type]
     start_paused: bool = Field(False, description="Create the domain paused (unpause with an event).")
+
+
+class LinkCfg(_M):
+    a: str = Field(description="One host.")
+    b: str = Field(description="The other host.")
+    bandwidth_mbit_s: float = Field(gt=0, description="Bandwidth in Mbit/s (decimal: 1000 = 1 Gbit/s).")
+    latency_us: float = Field(100.0, ge=0, description="One-way latency in us.")
+
+
+class NetworkCfg(_M):
+    default_bandwidth_mbit_s: float = Field(1000.0, gt=0, description="Bandwidth of host pairs without a 'links' entry, in Mbit/s.")
+    default_latency_us: float = Field(100.0, ge=0, description="Latency of host pairs without a 'links' entry, in us.")
+
+
+class MigrationCfg(_M):
+    resume_us: float = Field(0.0, ge=0, description="Toolstack work between the destination having every record and unpausing the domain (counted in the downtime), in us.")
+    max_downtime_ms: float = Field(300.0, gt=0, description="downtime-target: stop pre-copy when the remaining dirty set fits in this, in ms (QEMU's default 300).")
+    max_rounds: int = Field(30, ge=1, description="downtime-target: stop after this many live rounds anyway.")
+    rate_limit: bool = Field(False, description="xen-legacy: the rate limiting of older Xen (100 to 500 Mbit/s, the +50 rule).")
+
+
+class MigrateAction(_M):
+    domain: str = Field(description="Domain to migrate.")
+    to: str = Field(description="Destination host.")
+    policy: Literal["xen", "xen-legacy", "downtime-target"] = Field("xen", description="Pre-copy policy.")
+    resume_us: Optional[float] = Field(None, ge=0, description="Overrides migration.resume_us.")
+    max_downtime_ms: Optional[float] = Field(None, gt=0, description="Overrides migration.max_downtime_ms.")
+    max_rounds: Optional[int] = Field(None, ge=1, description="Overrides migration.max_rounds.")
+    rate_limit: Optional[bool] = Field(None, description="Overrides migration.rate_limit.")
+
+
+class HostAction(_M):
+    host: str = Field(description="Host name.")
+
+
+class LinkAction(_M):
+    a: str = Field(description="One host of the link.")
+    b: str = Field(description="The other host.")
 
 
 class PinAction(_M):
@@ -178,13 +217,17 @@ class EventCfg(_M):
     pause: Optional[DomainAction] = Field(None, description="Pause a domain (xl pause).")
     unpause: Optional[DomainAction] = Field(None, description="Unpause a domain (xl unpause).")
     destroy: Optional[DomainAction] = Field(None, description="Destroy a domain (xl destroy).")
+    migrate: Optional[MigrateAction] = Field(None, description="Live-migrate a domain (xl migrate).")
+    fail_host: Optional[HostAction] = Field(None, description="The host crashes: its domains are lost, migrations to or from it abort.")
+    cut_link: Optional[LinkAction] = Field(None, description="The link between two hosts goes down: transfers on it fail.")
+    restore_link: Optional[LinkAction] = Field(None, description="The link comes back.")
 
     def action(self) -> tuple[str, BaseModel]:
         acts = [(k, getattr(self, k)) for k in ACTIONS if getattr(self, k) is not None]
         return acts[0]
 
 
-ACTIONS = ("pin", "set", "pause", "unpause", "destroy")
+ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "fail_host", "cut_link", "restore_link")
 
 
 class ClusterConfig(_M):
@@ -192,6 +235,9 @@ class ClusterConfig(_M):
     hosts: list[HostCfg] = Field(min_length=1, description="The physical hosts.")
     domains: list[DomainCfg] = Field(default_factory=list, description="Guest domains (each host also has a Domain-0).")
     events: list[EventCfg] = Field(default_factory=list, description="Timed toolstack actions.")
+    network: NetworkCfg = Field(default_factory=NetworkCfg, description="Defaults for links between hosts.")
+    links: list[LinkCfg] = Field(default_factory=list, description="Links between pairs of hosts (others get the network's defaults).")
+    migration: MigrationCfg = Field(default_factory=MigrationCfg, description="Defaults for migrate events.")
 
     @field_validator("events")
     @classmethod
@@ -402,9 +448,19 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
                         raise ConfigError(file, f"{where}.{key}", f"pCPU {c} does not exist on host {h.name} (pCPUs 0..{h.pcpus - 1})")
                 if key == "hard_affinity" and lst and not set(lst) & set(pool_cpus):
                     raise ConfigError(file, f"{where}.{key}", f"no pCPU of {lst} is in the domain's pool ({pool_cpus})")
+    for i, ln in enumerate(cfg.links):
+        for end in (ln.a, ln.b):
+            if end not in hosts:
+                raise ConfigError(file, f"links[{i}]", f"unknown host {end!r}; hosts: {', '.join(host_names)}")
+        if ln.a == ln.b:
+            raise ConfigError(file, f"links[{i}]", "a link joins two different hosts")
     names = {d.name for d in cfg.domains}
     for i, e in enumerate(cfg.events):
         kind, act = e.action()
+        for fld in ("host", "a", "b", "to"):
+            h = getattr(act, fld, None)
+            if h is not None and h not in hosts:
+                raise ConfigError(file, f"events[{i}].{kind}.{fld}", f"unknown host {h!r}; hosts: {', '.join(host_names)}")
         dom = getattr(act, "domain", None)
         if dom is not None and dom not in names:
             raise ConfigError(file, f"events[{i}].{kind}.domain", f"unknown domain {dom!r}; domains: {', '.join(sorted(names))}")
@@ -490,6 +546,11 @@ class Plan:
     domains: list[DomainInfo]  # dom0s first, then guests, uids 1..n
     dom_host: dict[int, str]
     events: list[TimedEvent] = field(default_factory=list)
+    links: list[dict] = field(default_factory=list)
+    net_default_mbit_s: float = 1000.0
+    net_default_latency_us: float = 100.0
+    nics: dict[str, float] = field(default_factory=dict)
+    migration_defaults: dict = field(default_factory=dict)
 
 
 def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
@@ -591,6 +652,11 @@ def build_plan(cfg: ClusterConfig) -> Plan:
         domains=domains,
         dom_host=dom_host,
         events=events,
+        links=[ln.model_dump() for ln in cfg.links],
+        net_default_mbit_s=cfg.network.default_bandwidth_mbit_s,
+        net_default_latency_us=cfg.network.default_latency_us,
+        nics={h.name: h.nic_mbit_s for h in cfg.hosts if h.nic_mbit_s},
+        migration_defaults=cfg.migration.model_dump(),
     )
 
 

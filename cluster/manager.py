@@ -19,6 +19,7 @@ from hosts.clock import NEVER
 from hosts.domain import DomainInfo
 
 from cluster.config import Plan, TimedEvent
+from cluster.network import Network
 
 
 class HostHandle(Protocol):
@@ -44,6 +45,11 @@ class DomainManager:
         self.log: list[dict] = []
         self.destroyed: set[int] = set()
         self.activities: list[Any] = []  # long-running toolstack work (migrations), stepped in time
+        self.net = Network.from_config(list(plan.hosts), plan.links, plan.net_default_mbit_s, plan.net_default_latency_us, plan.nics)
+        self.failed: dict[str, int] = {}  # host -> time it failed
+        self.lost: dict[int, int] = {}  # domain uid -> time it was lost with its host
+        self.migrations: list[Any] = []
+        self._mig_seq = 0
 
     # --- helpers -----------------------------------------------------------------------------
     def call(self, host: str, method: str, *args: Any) -> Any:
@@ -51,8 +57,30 @@ class DomainManager:
         return h.result(h.submit(method, *args))
 
     def call_all(self, method: str, *args: Any) -> dict[str, Any]:
-        futs = {name: h.submit(method, *args) for name, h in self.hosts.items()}
-        return {name: self.hosts[name].result(f) for name, f in futs.items()}
+        live = {name: h for name, h in self.hosts.items() if name not in self.failed}
+        futs = {name: h.submit(method, *args) for name, h in live.items()}
+        return {name: live[name].result(f) for name, f in futs.items()}
+
+    def call_blob(self, host: str, method: str, blob: Any, *args: Any) -> Any:
+        """Call ``method(*args, blob)``; ``blob`` may be another host's future (under Ray it
+        then travels from that host's actor to this one without passing through here)."""
+        h = self.hosts[host]
+        return h.result(h.submit_blob(method, blob, *args))
+
+    def transfer_pages(self, src: str, dst: str, uid: int, pfns) -> int:
+        """One PAGE_DATA record from the source's memory into the destination's, host to host.
+        Returns the number of pages that carried data."""
+        fut = self.hosts[src].submit("read_page_data", uid, pfns.tobytes())
+        return self.hosts[dst].result(self.hosts[dst].submit_blob("apply_page_data", fut, uid))
+
+    def domain_counters(self, uid: int, hosts: list[str] | None = None) -> dict:
+        tot: dict[str, int] = {}
+        for h in hosts or [self.where[uid]]:
+            if h in self.failed:
+                continue
+            for k, v in self.call(h, "probe_domain", uid).items():
+                tot[k] = tot.get(k, 0) + v
+        return tot
 
     def uid(self, name: str) -> int:
         try:
@@ -93,12 +121,19 @@ class DomainManager:
     def _act(self) -> None:
         while self.events and self.events[0].at_ns <= self.now:
             ev = self.events.pop(0)
-            self.apply_event(ev)
-        for a in list(self.activities):
-            if a.next_ns() <= self.now:
-                a.step(self.now)
-            if a.done:
-                self.activities.remove(a)
+            if ev.kind in ("fail_host", "cut_link", "restore_link"):
+                self.apply_cluster_event(ev)
+            else:
+                self.apply_event(ev)
+        progressed = True
+        while progressed:  # an activity may have more to do at this same instant
+            progressed = False
+            for a in list(self.activities):
+                if not a.done and a.next_ns() <= self.now:
+                    a.step(self.now)
+                    progressed = True
+                if a.done and a in self.activities:
+                    self.activities.remove(a)
 
     def apply_event(self, ev: TimedEvent) -> None:
         args = ev.args
@@ -107,6 +142,10 @@ class DomainManager:
         entry = {"at_ns": self.now, "event": ev.kind, "domain": args["domain"], "host": host}
         if uid in self.destroyed:
             entry["skipped"] = "domain destroyed"
+        elif uid in self.lost:
+            entry["skipped"] = "domain lost with its host"
+        elif any(getattr(m, "uid", None) == uid and not m.done for m in self.activities):
+            entry["skipped"] = "domain is being migrated"
         elif ev.kind == "pin":
             self.call(host, "set_affinity", uid, args["vcpu"], args["hard"], args.get("soft") or [])
         elif ev.kind == "set":
@@ -122,12 +161,54 @@ class DomainManager:
             self.call(host, "pause_domain", uid)
             self.call(host, "kill_domain", uid)
             self.destroyed.add(uid)
-        else:
-            self.apply_other(ev, entry)
+        elif ev.kind == "migrate":
+            self.start_migration(uid, args, entry)
         self.log.append(entry)
 
-    def apply_other(self, ev: TimedEvent, entry: dict) -> None:
-        raise ManagerError(f"event {ev.index}: unknown action {ev.kind!r}")
+    def apply_cluster_event(self, ev: TimedEvent) -> None:
+        """Events about hosts and links rather than one domain."""
+        args = ev.args
+        entry = {"at_ns": self.now, "event": ev.kind, "domain": "", "host": args.get("host", "")}
+        if ev.kind == "fail_host":
+            self.fail_host(args["host"], entry)
+        elif ev.kind in ("cut_link", "restore_link"):
+            up = ev.kind == "restore_link"
+            entry["detail"] = f"{args['a']}-{args['b']}"
+            broken = self.net.set_link(args["a"], args["b"], up, self.now)
+            for m in list(self.activities):
+                if getattr(m, "fid", None) in broken:
+                    m.abort(self.now, f"link {args['a']}-{args['b']} cut")
+        self.log.append(entry)
+
+    def fail_host(self, host: str, entry: dict) -> None:
+        """A host crashes: its domains are lost, migrations to or from it abort."""
+        if host in self.failed:
+            return
+        self.failed[host] = self.now
+        for m in list(self.activities):
+            if host in (getattr(m, "src", None), getattr(m, "dst", None)):
+                m.abort(self.now, f"host {host} failed")
+        for uid, h in self.where.items():
+            if h == host and uid not in self.destroyed:
+                self.lost[uid] = self.now
+        entry["detail"] = f"{sum(1 for u, h in self.where.items() if h == host)} domain(s) lost"
+
+    # --- migrations ------------------------------------------------------------------------------
+    def start_migration(self, uid: int, args: dict, entry: dict) -> None:
+        from cluster.migration import Migration
+
+        self._mig_seq += 1
+        mid = f"m{self._mig_seq}-{self.domains[uid].name}"
+        params = dict(self.plan.migration_defaults)
+        params.update({k: v for k, v in args.items() if k not in ("domain", "to", "policy") and v is not None})
+        m = Migration(self, uid, args["to"], args.get("policy") or "xen", params, self.now, mid)
+        self.activities.append(m)
+        self.migrations.append(m)
+        entry["detail"] = f"{mid} to {args['to']} ({m.policy.name})"
+        m.step(self.now)
+
+    def migration_done(self, m) -> None:
+        self.log.append({"at_ns": self.now, "event": f"migration {m.out.status}", "domain": m.out.domain, "host": m.dst, "detail": m.out.stop_reason or m.out.reason})
 
     def state(self) -> dict:
         """What the run's outputs need from the toolstack (plain data)."""
@@ -140,14 +221,27 @@ class DomainManager:
         }
 
     def extra_summary(self) -> dict:
+        from dataclasses import asdict
+
         stats = getattr(self, "host_stats", {})
-        return {"boundaries": sum(s["boundaries"] for s in stats.values()), "rounds": sum(s["rounds"] for s in stats.values()), "hosts": stats}
+        return {
+            "boundaries": sum(s["boundaries"] for s in stats.values()),
+            "rounds": sum(s["rounds"] for s in stats.values()),
+            "hosts": stats,
+            "migrations": [asdict(m.out) for m in self.migrations],
+            "failed_hosts": dict(self.failed),
+            "lost_domains": {self.domains[u].name: t for u, t in self.lost.items()},
+        }
 
     def extra_files(self) -> dict:
         return {}
 
     def finish(self) -> dict[str, list[dict]]:
-        """Close every host's books; returns per host the pCPU reports."""
-        stats = self.call_all("stats")
+        """Close every host's books (a failed host's at the instant it failed); returns per host
+        the pCPU reports."""
+        stats = {name: self.call(name, "stats") for name in self.hosts}
+        for name, t in self.failed.items():
+            stats[name]["failed_at_ns"] = t
         self.host_stats = stats
-        return self.call_all("finish")
+        futs = {name: h.submit("finish") for name, h in self.hosts.items()}
+        return {name: self.hosts[name].result(f) for name, f in futs.items()}

@@ -33,7 +33,7 @@ def percentiles_us(samples_ns: list[int]) -> dict[str, float | int | None]:
 def trace_digest(reports: dict[str, list[dict]], host_order: list[str]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for host in host_order:
-        for r in sorted(reports[host], key=lambda r: r["pcpu"]):
+        for r in sorted(reports.get(host, []), key=lambda r: r["pcpu"]):
             h.update(f"{host}:{r['pcpu']}:{r['digest']};".encode())
     return h.hexdigest()
 
@@ -60,7 +60,7 @@ def build_summary(
     counters: dict[str, int] = {}
     events = switches = 0
     for host in host_order:
-        for r in sorted(reports[host], key=lambda r: r["pcpu"]):
+        for r in sorted(reports.get(host, []), key=lambda r: r["pcpu"]):
             pcpus.append({"host": host, "id": r["pcpu"], "busy_ns": r["busy_ns"], "idle_ns": r["idle_ns"], "switches": r["switches"], "events": r["events"]})
             events += r["events"]
             switches += r["switches"]

@@ -143,6 +143,19 @@ def run_loaded(
         )
         path = None
         if rd is not None:
+            from cluster.migplot import migration_png, round_rows
+            from cluster.results import csv_text
+
+            files = dict(state.get("files", {}))
+            migs = summary.get("migrations", [])
+            if migs:
+                files["migrations.csv"] = csv_text(
+                    [{k: v for k, v in m.items() if k != "per_round"} for m in migs]
+                )
+                files["migration_rounds.csv"] = csv_text(round_rows(migs))
+                for m in migs:
+                    if m["per_round"]:
+                        files[f"migration-{m['id']}.png"] = migration_png(m)
             names = {d.uid: d.name for d in plan.domains}
             write_run(
                 rd,
@@ -152,7 +165,7 @@ def run_loaded(
                 reports=reports,
                 names=names,
                 toolstack=list(state["log"]),
-                extra_files=state.get("files", {}),
+                extra_files=files,
             )
             path = rd.commit()
         return RunResult(path, summary, wall, startup_s, reports, state)

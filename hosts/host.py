@@ -32,6 +32,7 @@ process; the Ray backend's ports reach actors over shared memory. The protocol i
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +47,8 @@ from hosts.sched import get as get_sched
 from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
 
 MAX_ROUNDS = 16
+PAGE_NOTAB = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
+PAGE_XTAB = 0xF
 MAX_REFILL = 1 << 16  # frames given to one pCPU's allocation cache per boundary
 
 
@@ -148,12 +151,14 @@ class HostEngine:
         self.directory: dict[int, int] = {}
         self.summaries: dict[int, Any] = {c: None for c in self.cpus}
         self.idle: dict[int, bool] = {c: True for c in self.cpus}
+        self.curr_vid: dict[int, int] = {c: -1 for c in self.cpus}
         self.horizons: dict[int, int] = {c: start_ns for c in self.cpus}
         self.held: list[tuple] = []  # messages emitted between boundaries by command rounds
         self.sent_view: dict[int, tuple] = {}
         self.exported: dict[int, bytes | None] = {}
         self.host_events: list[tuple] = []  # (time, kind, ...) for the toolstack (shutdowns)
         self.pending: dict[int, list] = {}
+        self.incoming: dict[int, DomainInfo] = {}
         self.want_frames: dict[int, int] = {}
         self.boundaries = 0
         self.rounds = 0
@@ -205,10 +210,11 @@ class HostEngine:
     def _absorb(self, replies: dict[int, Any], hold: bool) -> list[tuple]:
         """Record summaries and horizons; return (or hold) the messages, sorted."""
         msgs = []
-        for c, (out, summ, horizon, idle) in replies.items():
+        for c, (out, summ, horizon, curr) in replies.items():
             self.summaries[c] = summ
             self.horizons[c] = horizon
-            self.idle[c] = idle
+            self.idle[c] = curr < 0
+            self.curr_vid[c] = curr
             for j, m in enumerate(out):
                 msgs.append((m[1], c, j, m))
         if hold:
@@ -414,6 +420,13 @@ class HostEngine:
         dom = self.domains.pop(uid, None)
         if dom is None:
             return 0
+        for other in self.domains.values():  # the other ends of its channels become unbound
+            gone = [p for p, b in other.evtchn.items() if b.remote_uid == uid]
+            for p in gone:
+                other.evtchn[p].remote_uid = -1
+                other.evtchn[p].remote_port = -1
+            if gone:
+                self._command_round({c: [("dom", other.to_dict())] for c in self.cpus})
         self.pools[dom.pool].remove_domain(dom)
         for i in range(dom.nr_vcpus):
             self.directory.pop(make_vid(uid, i), None)
@@ -438,10 +451,11 @@ class HostEngine:
             inbox[self.directory[vid]].append(("export", vid, with_sched))
         cmds = {c: ("run", tuple(items), self.now) for c, items in inbox.items() if items}
         replies = self.ports.exchange(cmds)
-        for c, (out, summ, horizon, idle) in replies.items():
+        for c, (out, summ, horizon, curr) in replies.items():
             self.summaries[c] = summ
             self.horizons[c] = horizon
-            self.idle[c] = idle
+            self.idle[c] = curr < 0
+            self.curr_vid[c] = curr
             for j, m in enumerate(out):
                 if m[0] == "exported":
                     self.exported[m[2]] = m[3]
@@ -523,6 +537,170 @@ class HostEngine:
         dom = self.domains[uid]
         self.memory.disable_log_dirty(dom)
         self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+
+    # --- live migration: both ends (the toolstack drives, see cluster/migration.py) ---------------
+    def room_for(self, dom_dict: dict) -> str | None:
+        """Why this host cannot take the domain (None if it can)."""
+        dom = DomainInfo.from_dict(dom_dict)
+        if dom.uid in self.domains:
+            return f"domain uid {dom.uid} is already on host {self.spec.name}"
+        if dom.pool not in self.pools:
+            dom.pool = 0
+        if self.memory is not None:
+            from hosts.memory import MemoryError_
+
+            try:
+                self.memory.check_fits(dom.name, dom.mem_pages, dom.max_pages)
+            except MemoryError_ as exc:
+                return str(exc)
+        return None
+
+    def prepare_incoming(self, dom_dict: dict) -> None:
+        """Reserve a domain arriving by migration: memory and a domain-table entry, paused,
+        no vCPUs yet. Its channels to the old host's Domain-0 are dropped; split drivers
+        reconnect to this host's Domain-0 (as netfront/blkfront do after a migration)."""
+        dom = DomainInfo.from_dict(dom_dict)
+        dom.evtchn = {p: b for p, b in dom.evtchn.items() if b.remote_uid == dom.uid}
+        dom.log_dirty = False
+        dom.paused = 1
+        if dom.pool not in self.pools:
+            dom.pool = 0
+        self.incoming[dom.uid] = dom
+        moved = self.memory.create_domain(dom, populate=True, domains=self.domains) if self.memory is not None else []
+        self.domains[dom.uid] = dom
+        self.pools[dom.pool].add_domain(dom)
+        touched = self._auto_bind(dom) + [self.domains[u] for u in moved if u in self.domains and u != dom.uid]
+        self._command_round({c: [("dom", d.to_dict()) for d in [dom] + touched] for c in self.cpus})
+
+    def apply_page_data(self, uid: int, record: bytes) -> int:
+        """Restore side of a PAGE_DATA record: populate as needed, store the bytes; XTAB pfns
+        (no frame at the source) are released. Returns the pages stored."""
+        from hosts.codec import REC_PAGE_DATA, RecordError, _unpackb
+
+        rtype, body = _unpackb(record, "PAGE_DATA record")
+        if rtype != REC_PAGE_DATA:
+            raise RecordError(f"expected PAGE_DATA, found record type {rtype}")
+        dom = self.domains[uid]
+        mem = self.memory
+        pfns = np.frombuffer(body["pfns"], dtype=np.uint64)
+        types = (pfns >> np.uint64(60)).astype(np.int64)
+        pfns = (pfns & np.uint64((1 << 52) - 1)).astype(np.int64)
+        present = types != PAGE_XTAB
+        mem.set_backing(dom, pfns[~present], False)
+        have = pfns[present]
+        mem.set_backing(dom, have, True)
+        if have.size:
+            mem.store_pages(dom, have, body["data"], body.get("mode", "tag"))
+        return int(have.size)
+
+    def restore_incoming(self, uid: int, records: list[bytes]) -> dict:
+        """After END: apply the vCPU records (scheduler insert and pick_pcpu on this host), the
+        domain stays paused until ``unpause_domain``. Returns digests for the toolstack's checks."""
+        from hosts.codec import pack_vcpu, unpack_vcpu
+
+        dom = self.incoming.pop(uid)
+        vcpus = [unpack_vcpu(r) for r in records]
+        repacked = hashlib.blake2b(b"".join(pack_vcpu(v, with_sched=False) for v in vcpus), digest_size=16).hexdigest()
+        mem_digest = self.memory_digest(uid)
+        self._place_vcpus(dom, vcpus, migrated=True)
+        return {"memory_digest": mem_digest, "vcpu_digest": repacked}
+
+    def abort_incoming(self, uid: int) -> int:
+        """Release the reservation of a migration that failed."""
+        self.incoming.pop(uid, None)
+        return self.destroy_domain(uid)
+
+    def read_page_data(self, uid: int, pfns: bytes) -> bytes:
+        """Save side: one PAGE_DATA record (<= 1024 pages) with the pages' current bytes."""
+        from hosts.codec import MAX_BATCH_PAGES, REC_PAGE_DATA, pack_record
+
+        dom = self.domains[uid]
+        arr = np.frombuffer(pfns, dtype=np.int64)
+        if arr.size > MAX_BATCH_PAGES:
+            raise HostError(f"PAGE_DATA batch of {arr.size} pages exceeds {MAX_BATCH_PAGES}")
+        mfns = self.memory.p2m[dom.p2m_off + arr]
+        present = mfns >= 0
+        types = np.where(present, PAGE_NOTAB, PAGE_XTAB).astype(np.uint64)
+        words = (types << np.uint64(60)) | arr.astype(np.uint64)
+        data = self.memory.read_pages(dom, arr[present]) if present.any() else b""
+        mode = "full" if self.memory.full else "tag"
+        return pack_record(REC_PAGE_DATA, {"count": int(arr.size), "pfns": words.tobytes(), "data": data, "mode": mode})
+
+    def dirty_clean(self, uid: int) -> bytes:
+        return self.clean_log_dirty(uid).astype(np.int64).tobytes()
+
+    def dirty_peek(self, uid: int, pfns: bytes) -> bytes:
+        dom = self.domains[uid]
+        arr = np.frombuffer(pfns, dtype=np.int64)
+        return self.memory.dirty[dom.dirty_off + arr].astype(bool).tobytes()
+
+    def populated(self, uid: int) -> bytes:
+        dom = self.domains[uid]
+        return np.flatnonzero(self.memory.p2m[dom.p2m_off : dom.p2m_off + dom.max_pages] >= -1).astype(np.int64).tobytes()
+
+    def settled(self, uid: int) -> bool:
+        """Every vCPU of the (paused) domain is off its pCPU: its records can be taken."""
+        dom = self.domains[uid]
+        vids = {make_vid(uid, i) for i in range(dom.nr_vcpus)}
+        return not any(v in vids for v in self.curr_vid.values())
+
+    def memory_digest(self, uid: int) -> str:
+        dom = self.domains[uid]
+        snap = self.memory.snapshot(dom)
+        valid = (self.memory.p2m[dom.p2m_off : dom.p2m_off + dom.max_pages] >= 0)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(valid.tobytes())
+        h.update(np.ascontiguousarray(snap).tobytes())
+        return h.hexdigest()
+
+    def domain_dict(self, uid: int) -> dict:
+        return self.domains[uid].to_dict()
+
+    def probe_domain(self, uid: int) -> dict:
+        """CPU time of the domain's vCPUs and log-dirty cost charged to it, summed over pCPUs."""
+        replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)) + (("probe", uid),), self.now) for c in self.cpus})
+        tot: dict[str, int] = {}
+        for c, (out, summ, horizon, curr) in replies.items():
+            self.summaries[c] = summ
+            self.horizons[c] = horizon
+            self.idle[c] = curr < 0
+            self.curr_vid[c] = curr
+            for j, m in enumerate(out):
+                if m[0] == "probed":
+                    for k, v in m[3].items():
+                        tot[k] = tot.get(k, 0) + v
+                else:
+                    self.held.append((m[1], c, j, m))
+        return tot
+
+    def release_outgoing(self, uid: int) -> int:
+        """The destination runs the domain: destroy the source's copy (its vCPUs were exported)."""
+        return self.destroy_domain(uid)
+
+    def take_back(self, uid: int, records: list[bytes]) -> None:
+        """A migration failed after the vCPUs were taken off: put them back, still paused."""
+        from hosts.codec import unpack_vcpu
+
+        dom = self.domains[uid]
+        self._place_vcpus(dom, [unpack_vcpu(r) for r in records], migrated=False)
+
+    def _place_vcpus(self, dom: DomainInfo, vcpus: list, migrated: bool) -> None:
+        ps = self.pools[dom.pool]
+        inbox: dict[int, list] = {c: [] for c in self.cpus}
+        prev = None
+        for v in vcpus:
+            hard = [c for c in (v.hard_affinity or ps.cpus) if c in ps.cpus] or list(ps.cpus)
+            if prev is None:
+                hint = min(hard)
+            else:
+                later = [c for c in hard if c > prev]
+                hint = min(later) if later else min(hard)
+            c = ps.place(v.vid, hint, {x: self.summaries[x] for x in ps.cpus}, dom)
+            prev = c
+            self.directory[v.vid] = c
+            v.sched = {}
+            inbox[c].append(("xfer", pack_vcpu(v, with_sched=False), XFER_PLACE, "migrated" if migrated else None))
+        self._command_round(inbox)
 
     # --- end of run ----------------------------------------------------------------------------
     def finish(self) -> list[dict]:

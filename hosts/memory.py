@@ -261,15 +261,47 @@ class HostMemory:
             return self.content[mfns].tobytes()
         return self.tags[mfns].tobytes()
 
-    def store_pages(self, dom: DomainInfo, gpfns: np.ndarray, data: bytes) -> None:
-        """Restore side: write page contents into the domain's frames (populated already)."""
+    def store_pages(self, dom: DomainInfo, gpfns: np.ndarray, data: bytes, mode: str = "tag") -> None:
+        """Restore side: write page contents into the domain's frames (populated already).
+        ``mode`` is the sender's ("tag": 8 bytes a page, "full": 4 KiB); a tag-mode host keeps
+        the first 8 bytes of full pages and a full-mode host fills pages with the tag."""
         mfns = self.p2m[dom.p2m_off + gpfns]
         if (mfns < 0).any():
             raise MemoryError_(f"domain {dom.name!r}: restore into unpopulated pfns")
-        if self.full:
-            self.content[mfns] = np.frombuffer(data, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+        if mode == "full":
+            pages = np.frombuffer(data, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+            if self.full:
+                self.content[mfns] = pages
+            else:
+                self.tags[mfns] = pages[:, :8].copy().view(np.uint64).reshape(-1)
         else:
-            self.tags[mfns] = np.frombuffer(data, dtype=np.uint64)
+            tags = np.frombuffer(data, dtype=np.uint64)
+            if self.full:
+                self.content64[mfns, :] = tags[:, None]
+            else:
+                self.tags[mfns] = tags
+
+    def set_backing(self, dom: DomainInfo, gpfns: np.ndarray, present: bool) -> None:
+        """Restore side: make ``gpfns`` backed by frames (allocating) or not (freeing)."""
+        if not len(gpfns):
+            return
+        sl = self.p2m[dom.p2m_off + gpfns]
+        if present:
+            need = gpfns[sl < 0]
+            if need.size:
+                free = np.flatnonzero(self.owner == FREE)[: need.size]
+                if free.size < need.size:
+                    raise MemoryError_(f"domain {dom.name!r}: host out of memory while restoring")
+                self.owner[free] = dom.uid
+                self._zero(free)
+                self.p2m[dom.p2m_off + need] = free
+        else:
+            have = gpfns[sl >= 0]
+            if have.size:
+                mfns = self.p2m[dom.p2m_off + have]
+                self._zero(mfns)
+                self.owner[mfns] = FREE
+                self.p2m[dom.p2m_off + have] = -1
 
     def snapshot(self, dom: DomainInfo) -> np.ndarray:
         """The domain's memory content in guest-pfn order (for checks and tests)."""
@@ -311,6 +343,8 @@ class HostMemory:
             self._zero(mfns)
             self.owner[mfns] = FREE
         sl[:] = -1
+        if dom.log_dirty:  # a p2m change must reach a migration's destination too
+            self.dirty[dom.dirty_off + lo : dom.dirty_off + hi] = 1
         core.metrics["frames_freed"] = core.metrics.get("frames_freed", 0) + int(mfns.size)
 
     def populate(self, core: "PcpuCore", dom: DomainInfo, lo: int, hi: int) -> int:
@@ -326,6 +360,8 @@ class HostMemory:
             self.owner[take] = dom.uid
             self._zero(take)
             sl[need[:n]] = take
+            if dom.log_dirty:
+                self.dirty[dom.dirty_off + lo + need[:n]] = 1
             core.metrics["frames_populated"] = core.metrics.get("frames_populated", 0) + n
         if n < need.size:
             if not core.frames_exhausted:

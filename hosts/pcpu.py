@@ -715,7 +715,9 @@ class PcpuCore:
             elif kind == "give":
                 self._give(it[1], it[2])
             elif kind == "xfer":
-                self._arrive(it[1], it[2], it[3])
+                v = self._arrive(it[1], it[2], it[3])
+                if it[3] == "migrated":
+                    self.workloads[v.vid].on_restore(v, self)
             elif kind == "view":
                 _, idlers, epoch, extra = it
                 self.view.idlers = set(idlers)
@@ -743,6 +745,11 @@ class PcpuCore:
                 self._kill(it[1])
             elif kind == "affinity":
                 self._set_affinity(it[1], it[2], it[3])
+            elif kind == "probe":
+                uid = it[1]
+                run = sum(v.runstate_totals(self.now)[0] for v in self.vcpus.values() if v.dom == uid)
+                ld = self.metrics.get(f"paging.{uid}.logdirty_ns", 0)
+                self.outbox.append(("probed", self.now, uid, {"running_ns": run, "logdirty_ns": ld}))
             elif kind == "frames":
                 self.frame_cache.extend(it[1])
                 self.frames_exhausted = bool(it[2])
@@ -763,7 +770,7 @@ class PcpuCore:
         self.sched.migrate(v, to_pcpu)
         self._send_vcpu(v, to_pcpu, XFER_STOLEN)
 
-    def _arrive(self, record: bytes, kind: int, extra) -> None:
+    def _arrive(self, record: bytes, kind: int, extra) -> VcpuState:
         v = unpack_vcpu(record)
         self.adopt(v)
         if kind == XFER_STOLEN:
@@ -783,6 +790,7 @@ class PcpuCore:
                 if v.runstate != RUNSTATE_RUNNABLE:
                     v.set_runstate(RUNSTATE_RUNNABLE, self.now)
                 self.sched.wake(v)
+        return v
 
     def _export(self, vid: int, with_sched: bool) -> None:
         """Hand a (paused, descheduled) vCPU's record to the host: it leaves the pool."""
@@ -833,7 +841,7 @@ class PcpuCore:
             if inbox:
                 self.handle(inbox)
             self.advance(until)
-            return (self.take_outbox(), self.sched.summary(), self.next_event_ns(), self.curr is None)
+            return (self.take_outbox(), self.sched.summary(), self.next_event_ns(), self.curr.vid if self.curr is not None else -1)
         if kind == "finish":
             _, inbox, end = cmd
             if inbox:

@@ -146,6 +146,9 @@ class Workload:
         v.pending_ports.clear()
         v.pending_payloads.clear()
 
+    def on_restore(self, v, core) -> None:
+        """The vCPU resumed on another host after a live migration."""
+
 
 def _exp_ns(v, mean_ns: float) -> int:
     return int(v.rng.exponential(mean_ns)) + 1
@@ -401,6 +404,12 @@ class IoClient(Workload):
             w["pc"] = 0
             return self.next_action(v, core)
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+    def on_restore(self, v, core) -> None:
+        # the frontend reconnected to this host's backend: resubmit an outstanding request
+        if v.wl.get("got", -1) < v.wl.get("req", 0):
+            v.wl["pc"] = 1
+            v.wl["got"] = v.wl["req"]
 
     def on_events(self, v, core) -> None:
         for port, payload in v.pending_payloads:

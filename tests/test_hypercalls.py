@@ -46,7 +46,7 @@ class Kept:
         self.hosts = self.be.start()
         self.mgr = DomainManager(self.plan, self.hosts)
         self.mgr.setup()
-        self.host = self.hosts["h0"]
+        self.host = self.hosts.get("h0")
 
     def dom(self, name):
         return next(d for d in self.host.engine.domains.values() if d.name == name)

@@ -27,6 +27,9 @@ class InlineHost:
     def submit(self, method: str, *args: Any) -> Any:
         return getattr(self.engine, method)(*args)
 
+    def submit_blob(self, method: str, blob: Any, *args: Any) -> Any:
+        return getattr(self.engine, method)(*args, blob)
+
     def result(self, fut: Any) -> Any:
         return fut
 

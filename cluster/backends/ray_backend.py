@@ -91,6 +91,12 @@ class PcpuActor:
         res = getattr(self.host, method)(*args)
         return packb(_plain(res))
 
+    def call_blob(self, req: bytes, blob: bytes) -> bytes:
+        """``call`` with one more argument that came straight from another actor's result."""
+        method, args = unpackb(req)
+        res = getattr(self.host, method)(*args, unpackb(blob))
+        return packb(_plain(res))
+
     def stop(self) -> bool:
         if self.host is not None:
             self.ports.stop()
@@ -127,6 +133,11 @@ class RayHost:
 
     def submit(self, method: str, *args: Any):
         return self.master.call.remote(packb((method, args)))
+
+    def submit_blob(self, method: str, blob, *args: Any):
+        if not isinstance(blob, ray.ObjectRef):
+            blob = packb(blob)
+        return self.master.call_blob.remote(packb((method, args)), blob)
 
     def result(self, fut) -> Any:
         return unpackb(ray.get(fut))
