@@ -153,6 +153,10 @@ class DomainCfg(_M):
     workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")  # type: ignore[valid-type]
     vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")  # type: ignore[valid-type]
     start_paused: bool = Field(False, description="Create the domain paused (unpause with an event).")
+    sched: Optional[dict[str, Any]] = Field(
+        None, description="Per-vCPU scheduler parameters for all vCPUs, checked against the pool's scheduler (e.g. RTDS: period_us, budget_us, extratime)."
+    )
+    vcpu_sched: Optional[list[dict[str, Any]]] = Field(None, description="Per-vCPU scheduler parameters, one entry per vCPU (instead of 'sched').")
 
 
 class LinkCfg(_M):
@@ -182,6 +186,11 @@ class MigrateAction(_M):
     max_downtime_ms: Optional[float] = Field(None, gt=0, description="Overrides migration.max_downtime_ms.")
     max_rounds: Optional[int] = Field(None, ge=1, description="Overrides migration.max_rounds.")
     rate_limit: Optional[bool] = Field(None, description="Overrides migration.rate_limit.")
+
+
+class PoolMoveAction(_M):
+    domain: str = Field(description="Domain to move.")
+    pool: str = Field(description="Destination cpupool of the same host (xl cpupool-migrate).")
 
 
 class HostAction(_M):
@@ -218,6 +227,7 @@ class EventCfg(_M):
     unpause: Optional[DomainAction] = Field(None, description="Unpause a domain (xl unpause).")
     destroy: Optional[DomainAction] = Field(None, description="Destroy a domain (xl destroy).")
     migrate: Optional[MigrateAction] = Field(None, description="Live-migrate a domain (xl migrate).")
+    move_pool: Optional[PoolMoveAction] = Field(None, description="Move a domain to another cpupool of its host (xl cpupool-migrate).")
     fail_host: Optional[HostAction] = Field(None, description="The host crashes: its domains are lost, migrations to or from it abort.")
     cut_link: Optional[LinkAction] = Field(None, description="The link between two hosts goes down: transfers on it fail.")
     restore_link: Optional[LinkAction] = Field(None, description="The link comes back.")
@@ -227,7 +237,7 @@ class EventCfg(_M):
         return acts[0]
 
 
-ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "fail_host", "cut_link", "restore_link")
+ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "move_pool", "fail_host", "cut_link", "restore_link")
 
 
 class ClusterConfig(_M):
@@ -294,7 +304,7 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
     field_name = _loc_str(loc, doc) or "<top>"
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
-        msg = f"unknown key {loc[-1]!r}" + _allowed_keys_hint(loc)
+        msg = f"unknown key {loc[-1]!r}" + _allowed_keys_hint(loc, doc)
     elif e["type"] == "missing":
         msg = "required field is missing"
     elif e["type"] == "union_tag_invalid":
@@ -306,32 +316,47 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
     return field_name, msg
 
 
-def _allowed_keys_hint(loc: tuple) -> str:
+def _allowed_keys_hint(loc: tuple, doc: Any = None) -> str:
     model: Any = ClusterConfig
+    node = doc
     for step in loc[:-1]:
+        node = node[step] if isinstance(node, (dict, list)) and _has(node, step) else None
         if isinstance(step, int):
             continue
         f = getattr(model, "model_fields", {}).get(step)
         if f is None:
             return ""
-        ann = f.annotation
-        model = _model_of(ann)
+        model = _model_of(f.annotation, node)
         if model is None:
             return ""
     fields = getattr(model, "model_fields", None)
     return f"; allowed keys: {', '.join(fields)}" if fields else ""
 
 
-def _model_of(ann: Any):
+def _has(node: Any, step: Any) -> bool:
+    if isinstance(node, dict):
+        return step in node
+    return isinstance(step, int) and 0 <= step < len(node)
+
+
+def _model_of(ann: Any, node: Any = None):
+    """The model an annotation designates; for a discriminated union, the member the
+    document's element selects (by its "name" or "kind")."""
     import typing
 
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    for a in typing.get_args(ann):
-        m = _model_of(a)
-        if m is not None:
-            return m
-    return None
+    members = [m for m in (_model_of(a) for a in typing.get_args(ann)) if m is not None]
+    if isinstance(node, list) and node:
+        node = node[0]
+    if isinstance(node, dict):
+        for key in ("name", "kind"):
+            tag = node.get(key)
+            for m in members:
+                f = m.model_fields.get(key)
+                if f is not None and typing.get_args(f.annotation) == (tag,):
+                    return m
+    return members[0] if members else None
 
 
 def load_doc(path: str | Path) -> dict:
@@ -454,6 +479,8 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
                 raise ConfigError(file, f"links[{i}]", f"unknown host {end!r}; hosts: {', '.join(host_names)}")
         if ln.a == ln.b:
             raise ConfigError(file, f"links[{i}]", "a link joins two different hosts")
+    for d in cfg.domains:
+        check_domain_sched(d, hosts[d.host], file)
     names = {d.name for d in cfg.domains}
     for i, e in enumerate(cfg.events):
         kind, act = e.action()
@@ -472,6 +499,12 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
             for c in list(act.hard) + list(act.soft):
                 if not 0 <= c < h.pcpus:
                     raise ConfigError(file, f"events[{i}].pin", f"pCPU {c} does not exist on host {h.name}")
+        if kind == "move_pool":
+            d = next(x for x in cfg.domains if x.name == dom)
+            h = hosts[d.host]
+            pools = [p.name for p in h.pools] if h.pools else ["Pool-0"]
+            if act.pool not in pools:
+                raise ConfigError(file, f"events[{i}].move_pool.pool", f"unknown pool {act.pool!r} on host {h.name}; pools: {', '.join(pools)}")
         if kind == "set" and act.cap is not None:
             d = next(x for x in cfg.domains if x.name == dom)
             if act.cap > 100 * d.vcpus:
@@ -479,6 +512,41 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
         if e.at_ms > cfg.run.duration_ms:
             raise ConfigError(file, f"events[{i}].at_ms", f"{e.at_ms} is after the end of the run ({cfg.run.duration_ms} ms)")
     check_memory(cfg, file)
+
+
+def pool_scheduler(h: HostCfg, pool: str | None) -> Any:
+    if not h.pools:
+        return h.scheduler
+    p = next((p for p in h.pools if p.name == pool), h.pools[0])
+    return p.scheduler
+
+
+def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict]:
+    """Validate ``sched``/``vcpu_sched`` against the domain's pool scheduler; one dict per vCPU."""
+    where = f"domains[{d.name}]"
+    if d.sched is not None and d.vcpu_sched is not None:
+        raise ConfigError(file, f"{where}.vcpu_sched", "give either 'sched' (all vCPUs) or 'vcpu_sched' (one per vCPU), not both")
+    if d.sched is None and d.vcpu_sched is None:
+        return []
+    sched = pool_scheduler(h, d.pool).name
+    model = sched_registry.get(sched).domain_params
+    if model is None:
+        raise ConfigError(file, f"{where}.sched", f"scheduler {sched!r} has no per-domain parameters")
+    items = [d.sched] * d.vcpus if d.sched is not None else list(d.vcpu_sched)
+    key = "sched" if d.sched is not None else "vcpu_sched"
+    if len(items) != d.vcpus:
+        raise ConfigError(file, f"{where}.vcpu_sched", f"has {len(items)} entries; expected one per vCPU ({d.vcpus})")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(model.model_validate(item).model_dump())
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = ".".join(str(x) for x in e["loc"])
+            msg = e["msg"] if e["type"] != "extra_forbidden" else f"unknown key {e['loc'][-1]!r}; allowed keys: {', '.join(model.model_fields)}"
+            idx = "" if key == "sched" else f"[{i}]"
+            raise ConfigError(file, f"{where}.{key}{idx}.{loc}", msg) from None
+    return out
 
 
 def check_memory(cfg: ClusterConfig, file: str) -> None:
@@ -619,6 +687,7 @@ def build_plan(cfg: ClusterConfig) -> Plan:
             w = d.workload.model_dump() if d.workload is not None else {"kind": "cpu"}
             wls = [dict(w) for _ in range(d.vcpus)]
         pages = mib_to_pages(d.mem_mib)
+        vcpu_sched = check_domain_sched(d, h, "<config>")
         domains.append(
             DomainInfo(
                 uid=uid,
@@ -634,6 +703,7 @@ def build_plan(cfg: ClusterConfig) -> Plan:
                 workloads=wls,
                 hard_affinity=_affinity_lists(d.hard_affinity, d.vcpus) if d.hard_affinity else [],
                 soft_affinity=_affinity_lists(d.soft_affinity, d.vcpus) if d.soft_affinity else [],
+                vcpu_sched=vcpu_sched,
                 paused=1 if d.start_paused else 0,
             )
         )

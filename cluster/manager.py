@@ -163,6 +163,11 @@ class DomainManager:
             self.destroyed.add(uid)
         elif ev.kind == "migrate":
             self.start_migration(uid, args, entry)
+        elif ev.kind == "move_pool":
+            entry["detail"] = f"to pool {args['pool']}"
+            self.call(host, "pause_domain", uid)
+            self.wait_settled(host, uid)
+            self.call(host, "move_domain_pool", uid, args["pool"])
         self.log.append(entry)
 
     def apply_cluster_event(self, ev: TimedEvent) -> None:
@@ -192,6 +197,13 @@ class DomainManager:
             if h == host and uid not in self.destroyed:
                 self.lost[uid] = self.now
         entry["detail"] = f"{sum(1 for u, h in self.where.items() if h == host)} domain(s) lost"
+
+    def wait_settled(self, host: str, uid: int, step_ns: int = 10_000) -> None:
+        """After a pause, let the hosts run (10 us at a time) until the domain's vCPUs are off
+        their pCPUs; a vCPU in Xen finishes its hypercall or chunk first (stackless)."""
+        while not self.call(host, "settled", uid):
+            self.now += step_ns
+            self.call_all("run_until", self.now)
 
     # --- migrations ------------------------------------------------------------------------------
     def start_migration(self, uid: int, args: dict, entry: dict) -> None:

@@ -449,7 +449,31 @@ class HostEngine:
         vids = [make_vid(uid, i) for i in range(dom.nr_vcpus)]
         for vid in vids:
             inbox[self.directory[vid]].append(("export", vid, with_sched))
-        cmds = {c: ("run", tuple(items), self.now) for c, items in inbox.items() if items}
+        return self._collect_exports(inbox, vids)
+
+    def move_domain_pool(self, uid: int, pool_name: str) -> None:
+        """xl cpupool-migrate, for a domain paused by the toolstack whose vCPUs are off their
+        pCPUs (``settled``): they leave their pool's scheduler, enter the other pool's, and the
+        domain is unpaused."""
+        dom = self.domains[uid]
+        target = next((p.pool_id for p in self.spec.pools if p.name == pool_name), None)
+        if target is None:
+            raise HostError(f"host {self.spec.name}: no pool named {pool_name!r}")
+        if target == dom.pool:
+            self.unpause_domain(uid)
+            return
+        recs = self.export_vcpus(uid, False)
+        self.pools[dom.pool].remove_domain(dom)
+        dom.pool = target
+        self.pools[target].add_domain(dom)
+        self._command_round({c: [("dom", dom.to_dict())] for c in self.cpus})
+        from hosts.codec import unpack_vcpu
+
+        self._place_vcpus(dom, [unpack_vcpu(r) for r in recs], migrated=False)
+        self.unpause_domain(uid)
+
+    def _collect_exports(self, inbox: dict[int, list], vids: list[int]) -> list[bytes]:
+        cmds = {c: ("run", tuple(self._take_pending(c) + items), self.now) for c, items in inbox.items() if items}
         replies = self.ports.exchange(cmds)
         for c, (out, summ, horizon, curr) in replies.items():
             self.summaries[c] = summ
@@ -467,7 +491,7 @@ class HostEngine:
         for vid in vids:
             rec = self.exported.pop(vid, None)
             if rec is None:
-                raise HostError(f"host {self.spec.name}: vCPU {vid_dom(vid)}.{vid & 0xFFF} is still running; pause first")
+                raise HostError(f"host {self.spec.name}: vCPU {vid_dom(vid)}.{vid & 0xFFF} could not be taken off its pCPU")
             recs.append(rec)
         return recs
 

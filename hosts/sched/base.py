@@ -228,6 +228,9 @@ class SchedulerEntry:
     pcpu: type[PcpuScheduler]
     pool: type[PoolScheduler]
     summary: str = ""
+    #: per-domain/per-vCPU parameters (e.g. RTDS period and budget), given in a domain's
+    #: ``sched`` (all vCPUs) or ``vcpu_sched`` (one each) config field; None if it has none
+    domain_params: type[BaseModel] | None = None
 
 
 REGISTRY: dict[str, SchedulerEntry] = {}
