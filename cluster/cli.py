@@ -245,10 +245,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # Sub-commands defined in their own modules register themselves on ``app``.
 def _register_subcommands() -> None:
     import importlib
@@ -262,3 +258,9 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from cluster.cli import main as _main  # the imported module's app carries the sub-commands
+
+    _main()

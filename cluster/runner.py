@@ -88,14 +88,19 @@ def run_loaded(
     write: bool = True,
     progress: Callable[[int, int], None] | None = None,
     probe: Callable[[Any], dict] | None = None,
+    reaper: Any = None,
 ) -> RunResult:
+    """``reaper``: a running :class:`cluster.reaper.Reaper` to reuse (a batch worker keeps one
+    for all its trials); by default each run starts its own and stops it at the end."""
     from cluster.raysession import run_id
     from cluster.reaper import Reaper
 
     plan = build_plan(cfg)
     rd = RunDir(Path(out) if out else default_out(config_path), force=force) if write else None
     tag = run_id()
-    reaper = Reaper.start(tag)
+    own_reaper = reaper is None
+    if own_reaper:
+        reaper = Reaper.start(tag)
     if rd is not None:
         reaper.watch_dir(rd.tmp)
     session = None
@@ -172,11 +177,13 @@ def run_loaded(
     finally:
         if rd is not None:
             rd.abort()
+            reaper.forget_dir(rd.tmp)
         if be is not None:
             be.shutdown()
         if session is not None:
             session.close()
-        reaper.done()
+        if own_reaper:
+            reaper.done()
 
 
 def _drive(mgr: Any, plan: Plan, progress: Callable[[int, int], None] | None) -> None:

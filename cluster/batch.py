@@ -1,0 +1,604 @@
+"""Running a sweep: launchers, the batch directory, resume, and the results table.
+
+What to run is decided in :mod:`cluster.sweep` (expanded and validated before anything starts);
+this module only runs it. One trial is one call of :func:`run_trial`: it validates the trial's
+resolved config, runs it with the inline backend in the calling process (``run_loaded``), and
+returns an outcome record holding the run directory's files. A trial that raises becomes an
+outcome with status ``failed`` and its error: failures are data, the sweep goes on.
+
+Launchers share one interface, ``launch(jobs, on_done)``: :class:`SerialLauncher` calls
+``run_trial`` in this process one trial after the other; :class:`RayLauncher` makes each trial
+one Ray task (an embedded local Ray, or an existing cluster), keeps at most ``max_parallel`` in
+flight and hands outcomes back in completion order. Jobs and outcomes cross process boundaries
+as msgpack bytes. Because a worker returns the files instead of writing them, the batch works
+on a multi-node cluster without a shared file system, and the driver is the only writer of the
+batch directory.
+
+The batch directory::
+
+    BATCH/sweep.yaml        the sweep spec, with base: base.yaml
+    BATCH/base.yaml         the base config it was expanded from
+    BATCH/runs/TRIAL_ID/    one run directory per trial (config.yaml, summary.json, ..., trial.json)
+    BATCH/results.csv       one row per trial (and results.parquet when pyarrow is installed)
+
+The driver commits each outcome as a whole run directory (built hidden, then renamed), so a run
+directory with ``summary.json`` is a finished trial; a failed trial's directory holds its
+``config.yaml`` and ``trial.json`` (status, error, traceback). ``resume`` skips the trials whose
+``summary.json`` carries the same ``config_digest`` as the trial's resolved config and reruns the
+others (failed, stale, never run). The table is rewritten atomically at most every few seconds,
+at the end, and when interrupted; an interrupted batch loses no committed trial.
+
+Headline metrics per guest domain: ``cpu_pct.D`` (% of one pCPU) and ``wake_p50_us.D`` /
+``wake_p99_us.D``, the *largest* of the per-vCPU percentiles (the worst vCPU of the domain: the
+percentiles of separate vCPUs cannot be merged without their samples). Migration columns
+(``mig_*``) come from the first entry of ``summary["migrations"]`` when a run has one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import msgpack
+import yaml
+
+from cluster.config import ConfigError
+from cluster.results import OutputError, RunDir, atomic_write, csv_text
+from cluster.sweep import Sweep, Trial, spec_for_batch_dir
+
+OK, FAILED, PENDING = "ok", "failed", "pending"
+METRIC_FAMILIES = ("cpu_pct.", "wake_p50_us.", "wake_p99_us.")
+MIGRATION_COLUMNS = {"mig_total_ms": "total_ms", "mig_downtime_ms": "downtime_ms", "mig_bytes_sent": "bytes_sent", "mig_rounds": "rounds", "mig_status": "status"}
+TAIL_COLUMNS = ["wall_s", "trial_wall_s", "trace_digest", "config_digest"]
+
+
+def default_batch_dir(sweep: Sweep) -> Path:
+    return Path("runs") / "sweeps" / sweep.name
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial (runs wherever the launcher puts it)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_job(trial: Trial) -> dict:
+    return {"trial": trial.id, "config": trial.resolved}
+
+
+_reaper = None
+
+
+def _worker_reaper():
+    """One cleanup process per worker, shared by its trials (starting one per trial costs
+    ~70 ms, most of a tiny trial); it removes a trial's scratch directory if the worker dies."""
+    global _reaper
+    if _reaper is None or _reaper.proc.poll() is not None:
+        from cluster.reaper import Reaper
+
+        _reaper = Reaper.start(f"trials{os.getpid()}")
+    return _reaper
+
+
+def run_trial(job: dict) -> dict:
+    """Run one trial in this process; return its outcome, never raising for a failed trial.
+
+    KeyboardInterrupt (Ctrl-C, a cancelled Ray task) is not a trial failure: it propagates, and
+    ``run_loaded`` removes what it had started.
+    """
+    from cluster.config import resolved_doc, validate_doc
+    from cluster.runner import run_loaded
+
+    t0 = time.perf_counter()
+    started = time.time()
+    tmp = Path(tempfile.gettempdir()) / f"hvsim-trial-{uuid.uuid4().hex[:12]}"
+    reaper = _worker_reaper()
+    reaper.watch_dir(tmp)
+    try:
+        cfg = validate_doc(job["config"], f"trial {job['trial']}")
+        run_loaded(cfg, resolved_doc(cfg), config_path=job["trial"], backend="inline", out=tmp, reaper=reaper)
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file()}
+        status, error, tb = OK, None, None
+    except Exception as exc:  # noqa: BLE001 - a failed trial is data
+        status, error, tb = FAILED, _one_line(exc), traceback.format_exc()
+        files = {}
+    finally:
+        _remove_tree(tmp)
+        reaper.forget_dir(tmp)
+    return {
+        "trial": job["trial"],
+        "status": status,
+        "error": error,
+        "traceback": tb,
+        "files": files,
+        "trial_wall_s": round(time.perf_counter() - t0, 4),
+        "node": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_unix": round(started, 3),
+    }
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that a Ray cancel (a KeyboardInterrupt) cannot leave half done; re-raises it after."""
+    interrupted: BaseException | None = None
+    for _ in range(5):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def failed_outcome(job: dict, error: str, tb: str | None = None) -> dict:
+    """An outcome for a trial that never returned one (a worker that died, a lost task)."""
+    return {"trial": job["trial"], "status": FAILED, "error": error, "traceback": tb, "files": {}, "trial_wall_s": None, "node": None, "pid": None, "started_unix": None}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _trial_task(payload: bytes) -> bytes:
+    """Body of the Ray task: msgpack in, msgpack out."""
+    return msgpack.packb(run_trial(msgpack.unpackb(payload)), use_bin_type=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+
+
+OnDone = Callable[[dict], None]
+
+
+class Launcher(Protocol):
+    """Runs jobs and calls ``on_done(outcome)`` for each, in this thread, in completion order."""
+
+    name: str
+
+    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None: ...
+
+
+class SerialLauncher:
+    """Every trial in this process, one after the other (debugging, and the reference for Ray)."""
+
+    name = "serial"
+    parallel = 1
+
+    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+        for job in jobs:
+            on_done(run_trial(job))
+
+
+class RayLauncher:
+    """One Ray task per trial, at most ``max_parallel`` in flight, gathered in completion order.
+
+    ``address=None`` starts an embedded local Ray (stopped at the end), ``auto`` or ``HOST:PORT``
+    joins a cluster (only disconnects); an already initialised Ray is reused and left up.
+    Interrupted, it cancels the tasks in flight (a KeyboardInterrupt in each, so each cleans up),
+    still commits those that finish within ``grace_s``, then force-cancels the rest.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_parallel: int | None = None, num_cpus: int | None = None, grace_s: float = 10.0):
+        self.address = address
+        self.max_parallel = max_parallel
+        self.num_cpus = num_cpus
+        self.grace_s = grace_s
+        self.parallel: int | None = max_parallel
+
+    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+        from cluster import runner
+        from cluster.raysession import RaySession
+
+        session = RaySession(address=self.address, num_cpus=self.num_cpus).start()
+        try:
+            if runner._handlers_installed:
+                runner.install_signal_handlers()  # ray.init installs its own SIGTERM handler; ours must win
+            self._launch(jobs, on_done)
+        finally:
+            session.close()
+
+    def _launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
+        self.parallel = max(1, min(self.max_parallel or cpus, len(jobs) or 1))
+        task = ray.remote(num_cpus=1, max_retries=0)(_trial_task)
+        todo = iter(jobs)
+        inflight: dict[Any, dict] = {}
+
+        def submit() -> None:
+            while len(inflight) < self.parallel:
+                job = next(todo, None)
+                if job is None:
+                    return
+                inflight[task.remote(msgpack.packb(job, use_bin_type=True))] = job
+
+        try:
+            submit()
+            while inflight:
+                # a timeout keeps Ctrl-C responsive while we wait
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job = inflight.pop(ref)
+                    outcome = self._outcome(ref, job)
+                    submit()  # keep the workers busy while we commit
+                    on_done(outcome)
+        except BaseException:
+            self._wind_down(inflight, on_done)
+            raise
+
+    @staticmethod
+    def _outcome(ref: Any, job: dict) -> dict:
+        import ray
+
+        try:
+            return msgpack.unpackb(ray.get(ref), raw=False)
+        except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
+            return failed_outcome(job, _one_line(exc), str(exc))
+
+    def _wind_down(self, inflight: dict[Any, dict], on_done: OnDone) -> None:
+        import ray
+
+        for ref in inflight:
+            ray.cancel(ref, force=False)
+        deadline = time.monotonic() + self.grace_s
+        try:
+            while inflight and time.monotonic() < deadline:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    job = inflight.pop(ref)
+                    try:
+                        data = ray.get(ref)
+                    except ray.exceptions.RayError:
+                        continue  # cancelled: nothing to keep
+                    try:
+                        on_done(msgpack.unpackb(data, raw=False))  # it finished: keep it
+                    except KeyboardInterrupt:
+                        pass
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting
+        for ref in inflight:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort while leaving
+                pass
+
+
+def make_launcher(kind: str, address: str | None = None, max_parallel: int | None = None) -> Launcher:
+    if kind == "serial":
+        return SerialLauncher()
+    if kind == "ray":
+        return RayLauncher(address=address, max_parallel=max_parallel)
+    raise ValueError(f"unknown launcher {kind!r}; use ray or serial")
+
+
+# ---------------------------------------------------------------------------------------------
+# rows: a trial's line of the results table
+# ---------------------------------------------------------------------------------------------
+
+
+def headline_metrics(summary: dict) -> dict[str, Any]:
+    """The headline metrics of a run summary, as flat columns (guest domains only)."""
+    doms = [d for d in summary.get("domains", []) if not d.get("dom0")]
+    m: dict[str, Any] = {}
+    for d in doms:
+        m[f"cpu_pct.{d['name']}"] = d.get("cpu_pct")
+    for key in ("p50", "p99"):
+        for d in doms:
+            vals = [v["wake_latency_us"][key] for v in d.get("vcpus", []) if v.get("wake_latency_us", {}).get(key) is not None]
+            m[f"wake_{key}_us.{d['name']}"] = max(vals) if vals else None
+    migs = summary.get("migrations") or []
+    if migs:
+        for col, key in MIGRATION_COLUMNS.items():
+            m[col] = migs[0].get(key)
+    m["wall_s"] = summary.get("wall_s")
+    m["trace_digest"] = summary.get("trace_digest")
+    m["config_digest"] = summary.get("config_digest")
+    return m
+
+
+def _cell(v: Any) -> Any:
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else v
+
+
+def make_row(trial: Trial, status: str, summary: dict | None = None, meta: dict | None = None) -> dict:
+    row: dict[str, Any] = {"trial": trial.id}
+    row.update({p: _cell(v) for p, v in trial.params.items()})
+    row.update({"rep": trial.rep, "seed": trial.seed, "status": status, "error": (meta or {}).get("error") if status == FAILED else None})
+    if summary is not None:
+        row.update(headline_metrics(summary))
+    row["trial_wall_s"] = (meta or {}).get("trial_wall_s")
+    row.setdefault("config_digest", trial.digest)
+    return row
+
+
+def table_columns(rows: list[dict], params: list[str]) -> list[str]:
+    front = ["trial", *params, "rep", "seed", "status", "error"]
+    seen: dict[str, int] = {}
+    for r in rows:
+        for k in r:
+            if k not in seen and k not in front and k not in TAIL_COLUMNS:
+                seen[k] = len(seen)
+
+    def rank(k: str) -> tuple[int, int]:
+        fam = next((i for i, f in enumerate(METRIC_FAMILIES) if k.startswith(f)), None)
+        if fam is None:
+            fam = len(METRIC_FAMILIES) + (list(MIGRATION_COLUMNS).index(k) if k in MIGRATION_COLUMNS else len(MIGRATION_COLUMNS))
+        return fam, seen[k]
+
+    return front + sorted(seen, key=rank) + TAIL_COLUMNS
+
+
+# ---------------------------------------------------------------------------------------------
+# the batch directory
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchDir:
+    """A batch directory, locked by this process while it runs (one writer at a time)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+        self._lock_fd: int | None = None
+
+    def run_dir(self, trial_id: str) -> Path:
+        return self.runs / trial_id
+
+    def is_batch(self) -> bool:
+        return (self.root / "sweep.yaml").is_file()
+
+    def open(self, *, keep_existing: bool) -> None:
+        """Create (or reopen) the directory and take its lock; refuse to mix with other data."""
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputError(f"{self.root}: exists and is not a directory")
+        if self.root.exists() and any(self.root.iterdir()):
+            if not self.is_batch():
+                raise OutputError(f"{self.root}: exists and is not a batch directory (no sweep.yaml); choose another --out")
+            if not keep_existing:
+                raise OutputError(f"{self.root}: already holds a batch; pass --resume to continue it (finished trials are kept), --only ID to rerun some trials, or choose another --out")
+        self.runs.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{self.root}: another batch is running in this directory") from None
+        self._lock_fd = fd
+        self._sweep_leftovers()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def _sweep_leftovers(self) -> None:
+        """Remove what a killed driver may have left half-made (we hold the lock: nobody else writes)."""
+        for p in self.runs.iterdir():
+            if p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                p.unlink(missing_ok=True)
+
+    def write_spec(self, sweep: Sweep) -> None:
+        atomic_write(self.root / "base.yaml", sweep.base_path.read_text())
+        atomic_write(self.root / "sweep.yaml", spec_for_batch_dir(sweep))
+
+    def state(self, trial: Trial) -> tuple[str, dict]:
+        """What the disk says about a trial: (status, row). ``ok`` only if its digest matches."""
+        d = self.run_dir(trial.id)
+        meta = _read_json(d / "trial.json")
+        summary = _read_json(d / "summary.json")
+        if summary is not None and summary.get("config_digest") == trial.digest:
+            return OK, make_row(trial, OK, summary, meta)
+        if summary is None and meta is not None and meta.get("status") == FAILED and meta.get("config_digest") == trial.digest:
+            return FAILED, make_row(trial, FAILED, None, meta)
+        return PENDING, make_row(trial, PENDING)
+
+    def commit(self, trial: Trial, outcome: dict, launcher: str) -> dict:
+        """Write a trial's run directory whole (replacing an older one); return its row."""
+        files = dict(outcome.get("files") or {})
+        if outcome["status"] != OK or "config.yaml" not in files:
+            files["config.yaml"] = yaml.safe_dump(trial.resolved, sort_keys=False).encode()
+        meta = {
+            "trial": trial.id,
+            "index": trial.index,
+            "params": trial.params,
+            "rep": trial.rep,
+            "seed": trial.seed,
+            "status": outcome["status"],
+            "error": outcome.get("error"),
+            "config_digest": trial.digest,
+            "trial_wall_s": outcome.get("trial_wall_s"),
+            "launcher": launcher,
+            "node": outcome.get("node"),
+            "pid": outcome.get("pid"),
+            "started_unix": outcome.get("started_unix"),
+            "traceback": outcome.get("traceback"),
+        }
+        rd = RunDir(self.run_dir(trial.id), force=True)
+        try:
+            for name, data in files.items():
+                rd.path(name).parent.mkdir(parents=True, exist_ok=True)
+                rd.write(name, data)
+            rd.write("trial.json", json.dumps(meta, indent=2) + "\n")
+            rd.commit()
+        finally:
+            rd.abort()
+        summary = json.loads(files["summary.json"]) if outcome["status"] == OK else None
+        return make_row(trial, outcome["status"], summary, meta)
+
+    def write_results(self, rows: list[dict], columns: list[str]) -> None:
+        atomic_write(self.root / "results.csv", csv_text(rows, columns))
+        data = parquet_bytes(rows, columns)
+        if data is not None:
+            atomic_write(self.root / "results.parquet", data)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def parquet_bytes(rows: list[dict], columns: list[str]) -> bytes | None:
+    """The table as Parquet, or None when pyarrow is not installed (it is optional)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    cols = {}
+    for c in columns:
+        vals = [r.get(c) for r in rows]
+        try:
+            cols[c] = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # mixed types: keep them as text
+            cols[c] = pa.array([None if v is None else str(v) for v in vals])
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols), sink)
+    return sink.getvalue().to_pybytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# a batch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    total: int  # trials selected for this invocation
+    skipped: int = 0  # already complete (resume)
+    done: int = 0  # committed by this invocation
+    failed: int = 0  # of which failed
+
+    @property
+    def finished(self) -> int:
+        return self.skipped + self.done
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    rows: list[dict]
+    columns: list[str]
+    counts: Counts
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (trial id, error) of this invocation
+    wall_s: float = 0.0
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """The batch was interrupted; every committed trial is kept and in results.csv."""
+
+    def __init__(self, out: Path, counts: Counts):
+        super().__init__(f"interrupted with {counts.finished} of {counts.total} trials finished")
+        self.out = out
+        self.counts = counts
+
+
+def select(trials: list[Trial], only: Sequence[str] | None, file: str) -> list[Trial]:
+    """Trials whose id matches one of ``only`` (exact or glob); every pattern must match one."""
+    if not only:
+        return list(trials)
+    keep: set[str] = set()
+    for pat in only:
+        hit = {t.id for t in trials if t.id == pat or fnmatch.fnmatchcase(t.id, pat)}
+        if not hit:
+            raise ConfigError(file, "--only", f"{pat!r} matches no trial; ids look like {trials[0].id!r} (see --list)")
+        keep |= hit
+    return [t for t in trials if t.id in keep]
+
+
+def run_batch(
+    sweep: Sweep,
+    trials: list[Trial],
+    out: Path,
+    launcher: Launcher,
+    *,
+    resume: bool = False,
+    only: Sequence[str] | None = None,
+    on_start: Optional[Callable[[Counts], None]] = None,
+    on_trial: Optional[Callable[[dict, Counts], None]] = None,
+    flush_every_s: float = 2.0,
+) -> BatchResult:
+    """Run the (validated) trials of a sweep into ``out``; see the module docstring.
+
+    ``on_start(counts)`` is called once the directory is ready, before the first trial starts;
+    ``on_trial(row, counts)`` after each trial is committed (progress display; a test may raise
+    KeyboardInterrupt from it to interrupt the batch at a known point).
+    """
+    if any(t.digest is None for t in trials):
+        raise ValueError("run_batch needs validated trials (cluster.sweep.validate_trials)")
+    t_start = time.perf_counter()
+    chosen = select(trials, only, sweep.file)
+    bd = BatchDir(out)
+    bd.open(keep_existing=resume or bool(only))
+    try:
+        bd.write_spec(sweep)
+        params = sweep.spec.param_paths()
+        rows: dict[str, dict] = {}
+        todo: list[Trial] = []
+        counts = Counts(total=len(chosen))
+        chosen_ids = {t.id for t in chosen}
+        for t in trials:
+            status, row = bd.state(t)
+            rows[t.id] = row
+            if t.id in chosen_ids:
+                if resume and status == OK:
+                    counts.skipped += 1
+                else:
+                    todo.append(t)
+        by_id = {t.id: t for t in todo}
+        failed: list[tuple[str, str]] = []
+        last_flush = [0.0]
+
+        def flush(force: bool = False) -> None:
+            if force or time.monotonic() - last_flush[0] >= flush_every_s:
+                ordered = [rows[t.id] for t in trials]
+                bd.write_results(ordered, table_columns(ordered, params))
+                last_flush[0] = time.monotonic()
+
+        def on_done(outcome: dict) -> None:
+            trial = by_id[outcome["trial"]]
+            row = bd.commit(trial, outcome, launcher.name)
+            rows[trial.id] = row
+            counts.done += 1
+            if row["status"] != OK:
+                counts.failed += 1
+                failed.append((trial.id, row.get("error") or "failed"))
+            flush()
+            if on_trial is not None:
+                on_trial(row, counts)
+
+        flush(force=True)
+        if on_start is not None:
+            on_start(counts)
+        try:
+            if todo:
+                launcher.launch([make_job(t) for t in todo], on_done)
+        except KeyboardInterrupt as exc:
+            flush(force=True)
+            raise BatchInterrupted(bd.root, counts) from exc
+        flush(force=True)
+        ordered = [rows[t.id] for t in trials]
+        return BatchResult(bd.root, ordered, table_columns(ordered, params), counts, failed, round(time.perf_counter() - t_start, 4))
+    finally:
+        bd.close()
