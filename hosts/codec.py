@@ -18,7 +18,6 @@ from typing import Any, Iterable, Iterator
 
 import msgpack
 
-from hosts.rng import rng_from_state, rng_state
 from hosts.vcpu import REG_NAMES, VcpuState
 
 MAGIC = "HVSIM-STREAM"
@@ -107,7 +106,7 @@ def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict:
         "pending_payloads": list(v.pending_payloads),
         "upcall_pending": v.upcall_pending,
         "wl": v.wl,
-        "rng": list(rng_state(v.rng)) if v.rng is not None else None,
+        "rng": list(v.rng_words()) if v.has_rng() else None,
         "wake_ns": v.wake_ns,
         "last_pcpu": v.last_pcpu,
         "hard_affinity": list(v.hard_affinity),
@@ -151,7 +150,10 @@ def vcpu_from_body(body: Any, what: str = "vCPU record") -> VcpuState:
     v.pending_payloads = [tuple(p) if isinstance(p, list) else p for p in body["pending_payloads"]]
     v.upcall_pending = bool(body["upcall_pending"])
     v.wl = dict(body["wl"])
-    v.rng = rng_from_state(body["rng"]) if body["rng"] is not None else None
+    words = body["rng"]
+    if words is not None and (not isinstance(words, (list, tuple)) or len(words) != 6):
+        raise RecordError(f"{what}: field 'rng' must be 6 integers (PCG64 state) or null")
+    v._rng_words = tuple(int(x) for x in words) if words is not None else None
     v.wake_ns = int(body["wake_ns"])
     v.last_pcpu = int(body["last_pcpu"])
     v.sched = dict(body.get("sched") or {})

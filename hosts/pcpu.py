@@ -687,7 +687,7 @@ class PcpuCore:
         dom = self.domains[v.dom]
         wl = make_workload(dom, v.idx, self._wl_cache)
         self.workloads[v.vid] = wl
-        if v.rng is None:
+        if not v.has_rng():
             from hosts.rng import generator
 
             v.rng = generator(self.root_seed, f"{dom.key or dom.name}/vcpu{v.idx}/workload")

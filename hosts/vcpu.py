@@ -69,7 +69,8 @@ class VcpuState:
         "pending_payloads",
         "upcall_pending",
         "wl",
-        "rng",
+        "_rng",
+        "_rng_words",
         "sched",
         "wake_ns",
         "last_pcpu",
@@ -101,7 +102,8 @@ class VcpuState:
         self.pending_payloads: list = []
         self.upcall_pending = False
         self.wl: dict = {}
-        self.rng = None  # numpy Generator, created by the workload
+        self._rng = None  # numpy Generator of the workload (see the ``rng`` property)
+        self._rng_words = None  # its state while it was not needed since the last move
         self.sched: dict = {}
         self.wake_ns = -1
         self.last_pcpu = -1
@@ -111,6 +113,34 @@ class VcpuState:
         self.burst_end_ns = NEVER
         self.gen = 0
         self.hv_entry_ns = -1
+
+    # --- the workload's random stream --------------------------------------------------------
+    @property
+    def rng(self):
+        """The vCPU's own generator, rebuilt from its record only when first used (moving a
+        vCPU between pCPUs must not pay for a generator it does not draw from)."""
+        if self._rng is None and self._rng_words is not None:
+            from hosts.rng import rng_from_state
+
+            self._rng = rng_from_state(self._rng_words)
+            self._rng_words = None
+        return self._rng
+
+    @rng.setter
+    def rng(self, gen) -> None:
+        self._rng = gen
+        self._rng_words = None
+
+    def rng_words(self):
+        """The generator's state as words, without building a generator."""
+        if self._rng is not None:
+            from hosts.rng import rng_state
+
+            return rng_state(self._rng)
+        return self._rng_words
+
+    def has_rng(self) -> bool:
+        return self._rng is not None or self._rng_words is not None
 
     # --- runnability, as Xen's vcpu_runnable() ---------------------------------------------
     def runnable(self) -> bool:

@@ -60,8 +60,8 @@ def same(a: VcpuState, b: VcpuState, with_sched: bool = True) -> None:
         assert _norm(getattr(a, f)) == _norm(getattr(b, f)), f
     if with_sched:
         assert a.sched == b.sched
-    if a.rng is None:
-        assert b.rng is None
+    if not a.has_rng():
+        assert not b.has_rng()
     else:
         assert np.array_equal(a.rng.random(4), b.rng.random(4))
         assert np.array_equal(a.rng.integers(0, 1 << 30, 3, dtype=np.uint32), b.rng.integers(0, 1 << 30, 3, dtype=np.uint32))
