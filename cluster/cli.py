@@ -48,7 +48,8 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from cluster.runner import Interrupted
+        from cluster.errors import PlacementError
+        from cluster.runner import Interrupted, RunLost
 
         try:
             return fn(*a, **kw)
@@ -56,10 +57,14 @@ def guarded(fn):
             raise
         except ConfigError as exc:
             fail(2, _escape(str(exc)))
+        except PlacementError as exc:
+            fail(2, _escape(f"placement: {exc}"))
         except OutputError as exc:
             fail(2, _escape(str(exc)))
         except (KeyboardInterrupt, Interrupted):
             fail(130, "interrupted; the run directory was not written and Ray was shut down")
+        except RunLost as exc:
+            fail(3, _escape(f"Ray node lost: {exc}"))
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if os.environ.get("HVSIM_DEBUG"):
                 raise

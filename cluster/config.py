@@ -72,6 +72,12 @@ class RunCfg(_M):
     trace_max_events: int = Field(2_000_000, ge=0, description="Run intervals kept per pCPU for the Perfetto trace (the digest covers all).")
     control_period_ms: float = Field(100.0, gt=0, description="Longest simulated stretch hosts run between domain-manager steps, in ms.")
     debug_checks: bool = Field(False, description="Check the scheduler contract at every context switch (slower; for tests).")
+    boundary_rounds: int = Field(
+        16,
+        ge=0,
+        le=64,
+        description="Micro-rounds per epoch boundary: what a delivery causes (a tickle, a steal) is itself delivered at the same instant, up to this many times; 0 delivers it with the next epoch (faster, less faithful).",
+    )
 
 
 class HypercallCostsCfg(_M):
@@ -121,6 +127,14 @@ class Dom0Cfg(_M):
     pin: bool = Field(False, description="Pin dom0 vCPU i to pCPU i (dom0_vcpus_pin).")
 
 
+class PlacementCfg(_M):
+    """Where a host's pCPU actors go under Ray (they always stay together on one node)."""
+
+    node: Literal["any", "spread"] = Field("any", description="any: wherever Ray has room; spread: one simulated host per Ray node where possible.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources the node must offer for this host (ray start --resources), e.g. {zone_a: 1}.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels the node must carry (ray start --labels), e.g. {rack: r1}.")
+
+
 class HostCfg(_M):
     name: str = Field(pattern=NAME_PATTERN, description="Host name, unique in the cluster.")
     pcpus: int = Field(ge=1, le=1024, description="Physical CPUs; each one is a Ray actor under the Ray backend.")
@@ -131,6 +145,7 @@ class HostCfg(_M):
     dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
     hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
     nic_mbit_s: Optional[float] = Field(None, gt=0, description="Capacity of the host's network interface, shared by all its transfers, in Mbit/s (default: no limit beyond the links).")
+    placement: PlacementCfg = Field(default_factory=PlacementCfg, description="Ray placement of this host's pCPU actors (ignored by the inline backend).")
     paging_costs: PagingCostsCfg = Field(default_factory=PagingCostsCfg, description="Costs of PV / shadow / HAP memory virtualisation.")
     preempt_hypercalls: bool = Field(True, description="Xen's hypercall_preempt_check; false lets long hypercalls run to completion (a reference for experiments).")
 
@@ -644,6 +659,7 @@ def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
         paging_costs=h.paging_costs.model_dump(),
         checks=run.debug_checks,
         preempt_hypercalls=h.preempt_hypercalls,
+        max_rounds=run.boundary_rounds,
     )
 
 

@@ -33,6 +33,16 @@ class ManagerError(RuntimeError):
     pass
 
 
+class RunIncomplete(RuntimeError):
+    """Hosts were lost (their Ray node died): the run stops at ``now``."""
+
+    def __init__(self, hosts: list[str], now: int, why: str):
+        super().__init__(f"lost host(s) {', '.join(hosts)} at simulated time {now / 1e9:.6f} s: {why}")
+        self.hosts = hosts
+        self.now = now
+        self.why = why
+
+
 class DomainManager:
     def __init__(self, plan: Plan, hosts: dict[str, HostHandle]):
         self.plan = plan
@@ -47,6 +57,7 @@ class DomainManager:
         self.activities: list[Any] = []  # long-running toolstack work (migrations), stepped in time
         self.net = Network.from_config(list(plan.hosts), plan.links, plan.net_default_mbit_s, plan.net_default_latency_us, plan.nics)
         self.failed: dict[str, int] = {}  # host -> time it failed
+        self.lost_hosts: dict[str, int] = {}  # host -> time its Ray node was found dead
         self.lost: dict[int, int] = {}  # domain uid -> time it was lost with its host
         self.migrations: list[Any] = []
         self._mig_seq = 0
@@ -54,12 +65,44 @@ class DomainManager:
     # --- helpers -----------------------------------------------------------------------------
     def call(self, host: str, method: str, *args: Any) -> Any:
         h = self.hosts[host]
-        return h.result(h.submit(method, *args))
+        try:
+            return h.result(h.submit(method, *args))
+        except Exception as exc:  # noqa: BLE001
+            self._maybe_lost([(host, exc)])
+            raise
 
     def call_all(self, method: str, *args: Any) -> dict[str, Any]:
-        live = {name: h for name, h in self.hosts.items() if name not in self.failed}
+        live = {name: h for name, h in self.hosts.items() if name not in self.failed and name not in self.lost_hosts}
         futs = {name: h.submit(method, *args) for name, h in live.items()}
-        return {name: live[name].result(f) for name, f in futs.items()}
+        out, errors = {}, []
+        for name, f in futs.items():  # gather every host, so the survivors stand at the same time
+            try:
+                out[name] = live[name].result(f)
+            except Exception as exc:  # noqa: BLE001
+                errors.append((name, exc))
+        if errors:
+            self._maybe_lost(errors)
+            raise errors[0][1]
+        return out
+
+    def _maybe_lost(self, errors: list) -> None:
+        """A host whose actors died with their node: abort what involves it, stop the run."""
+        lost = [(h, e) for h, e in errors if type(e).__name__ == "HostLost"]
+        if not lost:
+            return
+        for h, _e in lost:
+            self.lost_hosts[h] = self.now
+            self.failed[h] = self.now
+        for m in list(self.activities):
+            if getattr(m, "src", None) in self.lost_hosts or getattr(m, "dst", None) in self.lost_hosts:
+                try:
+                    m.abort(self.now, f"host {getattr(m, 'dst', '?') if getattr(m, 'dst', None) in self.lost_hosts else getattr(m, 'src', '?')} lost with its Ray node")
+                except Exception:  # noqa: BLE001 - the run stops anyway
+                    pass
+        for uid, host in self.where.items():
+            if host in self.lost_hosts:
+                self.lost.setdefault(uid, self.now)
+        raise RunIncomplete(sorted(self.lost_hosts), self.now, "; ".join(str(e) for _h, e in lost))
 
     def call_blob(self, host: str, method: str, blob: Any, *args: Any) -> Any:
         """Call ``method(*args, blob)``; ``blob`` may be another host's future (under Ray it
@@ -113,7 +156,11 @@ class DomainManager:
             if self.now >= t_end:
                 break
             nxt = min(t_end, self.next_action_ns(), self.now + self.plan.control_period_ns)
-            self.call_all("run_until", nxt)
+            try:
+                self.call_all("run_until", nxt)
+            except RunIncomplete as exc:
+                self.now = exc.now = nxt  # the surviving hosts reached it; the lost ones died on the way
+                raise
             self.now = nxt
             if progress is not None:
                 progress(self.now)
@@ -242,18 +289,21 @@ class DomainManager:
             "hosts": stats,
             "migrations": [asdict(m.out) for m in self.migrations],
             "failed_hosts": dict(self.failed),
-            "lost_domains": {self.domains[u].name: t for u, t in self.lost.items()},
+            "lost_hosts": dict(self.lost_hosts),
+            "lost_domains": {u: t for u, t in self.lost.items()},
         }
 
     def extra_files(self) -> dict:
         return {}
 
     def finish(self) -> dict[str, list[dict]]:
-        """Close every host's books (a failed host's at the instant it failed); returns per host
-        the pCPU reports."""
-        stats = {name: self.call(name, "stats") for name in self.hosts}
+        """Close every host's books (a failed host's at the instant it failed; a lost host has
+        none); returns per host the pCPU reports."""
+        alive = [name for name in self.hosts if name not in self.lost_hosts]
+        stats = {name: self.call(name, "stats") for name in alive}
         for name, t in self.failed.items():
-            stats[name]["failed_at_ns"] = t
+            if name in stats:
+                stats[name]["failed_at_ns"] = t
         self.host_stats = stats
-        futs = {name: h.submit("finish") for name, h in self.hosts.items()}
+        futs = {name: self.hosts[name].submit("finish") for name in alive}
         return {name: self.hosts[name].result(f) for name, f in futs.items()}

@@ -48,6 +48,7 @@ def build_summary(
     sim_ns: int,
     extra: dict | None = None,
     frames: dict[int, int] | None = None,
+    lost: dict[int, int] | None = None,
 ) -> dict:
     frames_of = frames or {}
     host_order = list(plan.hosts)
@@ -126,6 +127,8 @@ def build_summary(
             entry["frames"] = frames
         if d.uid in destroyed:
             entry["destroyed"] = True
+        if lost and d.uid in lost:
+            entry["lost_ns"] = lost[d.uid]
         domains.append(entry)
     all_stays = [x for v in hv_stays.values() for x in v]
     hv = percentiles_us(all_stays)

@@ -28,6 +28,15 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, turned into an exception so every ``finally`` runs."""
 
 
+class RunLost(RuntimeError):
+    """Hosts were lost with their Ray node: the run was written incomplete to ``out``."""
+
+    def __init__(self, msg: str, out: Path | None, summary: dict):
+        super().__init__(msg)
+        self.out = out
+        self.summary = summary
+
+
 @dataclass
 class RunResult:
     out: Path | None
@@ -124,26 +133,39 @@ def run_loaded(
             raise ValueError(f"unknown backend {backend!r}; use ray or inline")
         startup_s = time.perf_counter() - t0 + (session.startup_s if session else 0.0)
         t1 = time.perf_counter()
-        mgr.setup()
-        _drive(mgr, plan, progress)
+        from cluster.manager import RunIncomplete
+
+        incomplete = None
+        try:
+            mgr.setup()
+            _drive(mgr, plan, progress)
+        except RunIncomplete as exc:
+            incomplete = exc
         wall_sim = time.perf_counter() - t1
         probed = probe(be) if probe is not None else {}
         reports = mgr.finish()
         reports = {h: list(rs) for h, rs in reports.items()}
         if backend == "ray":
-            for h, frs in be.follower_reports().items():
+            lost = set(incomplete.hosts) if incomplete else set()
+            for h, frs in be.follower_reports(lost).items():
                 reports[h] = [reports[h][0]] + frs
         state = mgr.state()
+        if backend == "ray":
+            probed = {**probed, "placement": dict(be.nodes)}
+        if incomplete is not None:
+            probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
         wall = time.perf_counter() - t1
         frames = {int(uid): n for st in state.get("extra", {}).get("hosts", {}).values() for uid, n in st.get("frames", {}).items()}
+        lost_doms = {int(u): t for u, t in state.get("extra", {}).get("lost_domains", {}).items()}
         summary = build_summary(
             plan,
             reports,
             frames=frames,
+            lost=lost_doms,
             where={int(k): v for k, v in state["where"].items()},
             destroyed=set(state["destroyed"]),
             backend=backend,
-            sim_ns=plan.duration_ns,
+            sim_ns=incomplete.now if incomplete is not None else plan.duration_ns,
             extra={"wall_s": round(wall, 4), "sim_wall_s": round(wall_sim, 4), "startup_s": round(startup_s, 4), "config_digest": config_digest(cfg), **probed, **state.get("extra", {})},
         )
         path = None
@@ -173,6 +195,8 @@ def run_loaded(
                 extra_files=files,
             )
             path = rd.commit()
+        if incomplete is not None:
+            raise RunLost(f"{incomplete}; an incomplete run was written to {path}" if path else str(incomplete), path, summary)
         return RunResult(path, summary, wall, startup_s, reports, state)
     finally:
         if rd is not None:

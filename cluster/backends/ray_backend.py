@@ -21,20 +21,69 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from hosts.host import HostEngine, make_core
 from hosts.memory import HostMemory, buffer_size
 
+from cluster.errors import PlacementError
 from cluster.backends.shm import Doorbells, Segment, ShmPorts, packb, serve, unpackb
 from cluster.config import Plan, build_plan, host_spec, validate_doc
 
 ACTOR_CPUS = 0.01  # a logical share: pCPU actors are many and mostly wait on their doorbell
-PLACEMENT_TIMEOUT_S = 30.0
+PLACEMENT_TIMEOUT_S = 10.0
 
 
-class PlacementError(RuntimeError):
-    pass
+class HostLost(RuntimeError):
+    """A host's actors died with their Ray node (or a pCPU actor died)."""
+
+    def __init__(self, host: str, why: str):
+        super().__init__(f"host {host}: {why}")
+        self.host = host
+        self.why = why
+
+
+LOST_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+
+
+def _is_lost(exc: BaseException) -> bool:
+    if isinstance(exc, LOST_ERRORS):
+        return True
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        return cause is not None and ("died" in str(cause) or isinstance(cause, LOST_ERRORS))
+    return False
+
+
+def plan_placement(hosts: list[dict], nodes: list[dict]) -> dict[str, str | None]:
+    """Choose a node for each host under constraints; None = let Ray choose.
+
+    Raises PlacementError at once if some host's resources or labels exist on no alive node.
+    ``spread`` hosts go to distinct nodes while there are enough, least-loaded first.
+    """
+    alive = sorted((n for n in nodes if n.get("Alive")), key=lambda n: n["NodeID"])
+    out: dict[str, str | None] = {}
+    load: dict[str, int] = {n["NodeID"]: 0 for n in alive}
+    for h in hosts:
+        pl = h.get("placement") or {}
+        res, labels = pl.get("resources") or {}, pl.get("labels") or {}
+        cands = [
+            n["NodeID"]
+            for n in alive
+            if all(n["Resources"].get(r, 0.0) >= amt for r, amt in res.items())
+            and all((n.get("Labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+        if not cands:
+            offered = sorted({r for n in alive for r in n["Resources"] if not r.startswith("node:")} | {f"{k}={v}" for n in alive for k, v in (n.get("Labels") or {}).items() if k != "ray.io/node-id"})
+            need = ", ".join([f"resource {r}>={a:g}" for r, a in res.items()] + [f"label {k}={v}" for k, v in labels.items()])
+            raise PlacementError(f"host {h['name']}: no alive Ray node offers {need}; the cluster offers: {', '.join(offered) or 'nothing custom'}")
+        if pl.get("node") == "spread":
+            best = min(cands, key=lambda nid: (load[nid], cands.index(nid)))
+            load[best] += 1
+            out[h["name"]] = best
+        else:
+            out[h["name"]] = None
+    return out
 
 
 def _plain(obj: Any) -> Any:
@@ -114,6 +163,10 @@ class PcpuActor:
         return os.getpid()
 
     def serve(self) -> bytes:
+        try:
+            os.nice(2)  # a woken pCPU should not preempt its host's master on a busy machine
+        except OSError:
+            pass
         report = serve(self.seg, self.cmd_fd, self.done_fd, self.core.step, self.pcpu, self.master_pid)
         return packb(report)
 
@@ -134,13 +187,21 @@ class RayHost:
     def submit(self, method: str, *args: Any):
         return self.master.call.remote(packb((method, args)))
 
+    def result_or_lost(self, fut) -> Any:
+        try:
+            return unpackb(ray.get(fut))
+        except Exception as exc:  # noqa: BLE001
+            if _is_lost(exc):
+                raise HostLost(self.name, f"its actors are gone ({exc.__class__.__name__})") from None
+            raise
+
     def submit_blob(self, method: str, blob, *args: Any):
         if not isinstance(blob, ray.ObjectRef):
             blob = packb(blob)
         return self.master.call_blob.remote(packb((method, args)), blob)
 
     def result(self, fut) -> Any:
-        return unpackb(ray.get(fut))
+        return self.result_or_lost(fut)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -154,7 +215,14 @@ class ManagerActor:
         self.mgr = DomainManager(plan, {name: RayHost(name, m) for name, m in masters.items()})
 
     def call(self, method: str, args: tuple) -> bytes:
-        return packb(_plain(getattr(self.mgr, method)(*args)))
+        from cluster.manager import ManagerError, RunIncomplete
+
+        try:
+            return packb({"ok": _plain(getattr(self.mgr, method)(*args))})
+        except RunIncomplete as exc:  # known outcomes travel as data, not as pickled exceptions
+            return packb({"error": "RunIncomplete", "hosts": exc.hosts, "now": exc.now, "why": exc.why})
+        except ManagerError as exc:
+            return packb({"error": "ManagerError", "why": str(exc)})
 
 
 class ManagerHandle:
@@ -165,7 +233,15 @@ class ManagerHandle:
 
     def __getattr__(self, method: str):
         def call(*args):
-            return unpackb(ray.get(self.actor.call.remote(method, args)))
+            from cluster.manager import ManagerError, RunIncomplete
+
+            res = unpackb(ray.get(self.actor.call.remote(method, args)))
+            err = res.get("error")
+            if err == "RunIncomplete":
+                raise RunIncomplete(list(res["hosts"]), res["now"], res["why"])
+            if err == "ManagerError":
+                raise ManagerError(res["why"])
+            return res["ok"]
 
         return call
 
@@ -188,16 +264,24 @@ class RayBackend:
         t0 = time.perf_counter()
         run_cfg = packb(self.resolved["run"])
         host_cfgs = {h["name"]: h for h in self.resolved["hosts"]}
+        pinned = plan_placement(self.resolved["hosts"], ray.nodes())
         for name, spec in self.plan.hosts.items():
-            bundles = [{"CPU": ACTOR_CPUS} for _ in range(spec.nr_pcpus)]
-            self.pgs[name] = placement_group(bundles, strategy="STRICT_PACK", name=f"hvsim-{self.tag}-{name}")
+            pl = host_cfgs[name].get("placement") or {}
+            n = spec.nr_pcpus
+            bundle = {"CPU": ACTOR_CPUS, **{r: amt / n for r, amt in (pl.get("resources") or {}).items()}}
+            selector = dict(pl.get("labels") or {})
+            if pinned.get(name):
+                selector["ray.io/node-id"] = pinned[name]
+            kw = {"bundle_label_selector": [selector] * n} if selector else {}
+            self.pgs[name] = placement_group([dict(bundle) for _ in range(n)], strategy="STRICT_PACK", name=f"hvsim-{self.tag}-{name}", **kw)
         for name, pg in self.pgs.items():
             try:
                 ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
             except ray.exceptions.GetTimeoutError:
+                need = host_cfgs[name].get("placement") or {}
                 raise PlacementError(
                     f"host {name}: no Ray node could take its {self.plan.hosts[name].nr_pcpus} pCPU actors together "
-                    f"within {PLACEMENT_TIMEOUT_S:.0f} s"
+                    f"within {PLACEMENT_TIMEOUT_S:.0f} s (needs {need.get('resources') or 'no custom resource'}, labels {need.get('labels') or 'none'})"
                 ) from None
         for name, spec in self.plan.hosts.items():
             hc = packb(host_cfgs[name])
@@ -220,13 +304,17 @@ class RayBackend:
             self.serve_refs[name] = [a.serve.remote() for a in acts[1:]]
         self.nodes = {name: ray.get(acts[0].whoami.remote())[1] for name, acts in self.actors.items()}
         masters = {name: acts[0] for name, acts in self.actors.items()}
-        self.manager_actor = ManagerActor.remote(packb(self.resolved), masters)
+        # the toolstack lives with the driver, so that losing another node does not lose it
+        here = ray.get_runtime_context().get_node_id()
+        self.manager_actor = ManagerActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), masters)
         self.startup_s = time.perf_counter() - t0
         return ManagerHandle(self.manager_actor)
 
-    def follower_reports(self) -> dict[str, list[dict]]:
+    def follower_reports(self, lost: set[str] = frozenset()) -> dict[str, list[dict]]:
         out = {}
         for name, refs in self.serve_refs.items():
+            if name in lost:
+                continue
             out[name] = [unpackb(b) for b in ray.get(refs)]
         return out
 
