@@ -46,7 +46,6 @@ from hosts.pcpu import XFER_PLACE, PcpuCore
 from hosts.sched import get as get_sched
 from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
 
-MAX_ROUNDS = 16
 PAGE_NOTAB = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
 PAGE_XTAB = 0xF
 MAX_REFILL = 1 << 16  # frames given to one pCPU's allocation cache per boundary
@@ -81,6 +80,8 @@ class HostSpec:
     paging_costs: dict = field(default_factory=dict)
     checks: bool = False
     preempt_hypercalls: bool = True
+    #: micro-rounds per boundary (0: deliver what a boundary causes with the next advance)
+    max_rounds: int = 16
 
     def pool_of_cpu(self) -> dict[int, int]:
         out = {}
@@ -162,6 +163,9 @@ class HostEngine:
         self.want_frames: dict[int, int] = {}
         self.boundaries = 0
         self.rounds = 0
+        self.rounds_here = 0
+        self.max_rounds = spec.max_rounds
+        self.probed: dict[str, int] = {}
         self.finished = False
         self.dead = False
 
@@ -198,17 +202,35 @@ class HostEngine:
         while self.now < t_end:
             T = self.next_boundary()
             if T > t_end:
-                replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)), t_end) for c in self.cpus})
+                replies = self._run({}, t_end, everyone=True)
                 self.now = t_end
                 self._absorb(replies, hold=True)
                 return
-            replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)), T) for c in self.cpus})
+            replies = self._run({}, T, everyone=True)
             self.now = T
             self._boundary(replies)
 
+    def _run(self, inbox: dict[int, list], until: int, everyone: bool = False) -> dict[int, Any]:
+        """One exchange: each pCPU handles its pending items and inbox at ``self.now``, then
+        advances to ``until``. With ``everyone``, a pCPU is left out when it provably has
+        nothing to do (no event before ``until``, nothing but pool views to receive): leaving it
+        out changes nothing, it simply catches up at its next command."""
+        cmds = {}
+        for c in self.cpus:
+            items = inbox.get(c)
+            pend = self.pending.get(c)
+            if not items:
+                if not everyone:
+                    continue
+                if self.horizons[c] >= until and not (pend and any(it[0] != "view" for it in pend)):
+                    continue
+            cmds[c] = ("run", tuple(self._take_pending(c) + (items or [])), self.now, until)
+        return self.ports.exchange(cmds) if cmds else {}
+
     # --- the boundary ----------------------------------------------------------------------------
     def _absorb(self, replies: dict[int, Any], hold: bool) -> list[tuple]:
-        """Record summaries and horizons; return (or hold) the messages, sorted."""
+        """Record summaries and horizons; return (or hold) the messages, sorted. Answers to the
+        toolstack (exported records, probes) are taken out here."""
         msgs = []
         for c, (out, summ, horizon, curr) in replies.items():
             self.summaries[c] = summ
@@ -216,7 +238,16 @@ class HostEngine:
             self.idle[c] = curr < 0
             self.curr_vid[c] = curr
             for j, m in enumerate(out):
-                msgs.append((m[1], c, j, m))
+                kind = m[0]
+                if kind == "exported":
+                    self.exported[m[2]] = m[3]
+                    if m[3] is not None:
+                        self.directory.pop(m[2], None)
+                elif kind == "probed":
+                    for k, v in m[3].items():
+                        self.probed[k] = self.probed.get(k, 0) + v
+                else:
+                    msgs.append((m[1], c, j, m))
         if hold:
             self.held.extend(msgs)
             return []
@@ -229,64 +260,68 @@ class HostEngine:
     def _boundary(self, replies: dict[int, Any]) -> None:
         self.boundaries += 1
         first = True
-        for _ in range(MAX_ROUNDS):
+        for _ in range(self.max_rounds + 1):
             msgs = self._absorb(replies, hold=False)
             inbox = self._route(msgs, first)
             first = False
             if not any(inbox.values()):
                 self._after_boundary()
                 return
+            if self.rounds_here == self.max_rounds:
+                # merged mode (or out of rounds): deliver with the next advance, at this instant
+                for c, items in inbox.items():
+                    if items:
+                        self.pending.setdefault(c, []).extend(items)
+                self.rounds_here = 0
+                self._after_boundary()
+                return
             self.rounds += 1
-            replies = self.ports.exchange({c: ("run", tuple(items), self.now) for c, items in inbox.items() if items})
-        # Give up resolving at this instant; what is left waits for the next boundary.
+            self.rounds_here += 1
+            replies = self._run(inbox, self.now)
         self._absorb(replies, hold=True)
         self._after_boundary()
 
     def _route(self, msgs: list[tuple], first_round: bool) -> dict[int, list]:
-        gives: dict[int, list] = {c: [] for c in self.cpus}
-        xfers: dict[int, list] = {c: [] for c in self.cpus}
-        others: dict[int, list] = {c: [] for c in self.cpus}
-        pool_items: dict[int, list] = {c: [] for c in self.cpus}
+        """Turn sorted messages (and the pools' boundary work) into per-pCPU inboxes, in the
+        order a pCPU must handle them: gives, arrivals, messages, pool instructions."""
+        gives: dict[int, list] = {}
+        xfers: dict[int, list] = {}
+        others: dict[int, list] = {}
+        pool_items: dict[int, list] = {}
         steal_reqs: dict[int, list] = {}
+        directory = self.directory
         for t, src, _j, m in msgs:
             kind = m[0]
-            if kind == "xfer":
-                _, _t, vid, to, rec, xk = m
-                self.directory[vid] = to
-                xfers[to].append(("xfer", rec, xk, None))
-            elif kind == "evt":
-                _, _t, vid, port, payload = m
-                c = self.directory.get(vid)
+            if kind == "evt":
+                c = directory.get(m[2])
                 if c is not None:
-                    others[c].append(("evt", vid, port, payload))
-            elif kind == "tickle":
-                others[m[2]].append(("tickle",))
-            elif kind == "pool":
-                self.pools[self.pool_of[src]].on_msg(src, m[2])
+                    others.setdefault(c, []).append(("evt", m[2], m[3], m[4]))
+            elif kind == "xfer":
+                directory[m[2]] = m[3]
+                xfers.setdefault(m[3], []).append(("xfer", m[4], m[5], None))
             elif kind == "steal":
                 steal_reqs.setdefault(self.pool_of[src], []).append((t, src, m[2]))
+            elif kind == "pool":
+                self.pools[self.pool_of[src]].on_msg(src, m[2])
+            elif kind == "tickle":
+                others.setdefault(m[2], []).append(("tickle",))
             elif kind == "host":
                 self._host_msg(src, t, m[2], others)
-            elif kind == "exported":
-                _, _t, vid, rec = m
-                self.exported[vid] = rec
-                if rec is not None:
-                    self.directory.pop(vid, None)
+        summaries = self.summaries
         for pid, ps in self.pools.items():
-            summ = {c: self.summaries[c] for c in ps.cpus}
-            instr = ps.boundary(self.now, summ, steal_reqs.get(pid, []), first_round)
+            reqs = steal_reqs.get(pid, ())
+            if not reqs and not (first_round and ps.next_due(self.now) <= self.now):
+                continue  # nothing for the pool half at this round
+            instr = ps.boundary(self.now, {c: summaries[c] for c in ps.cpus}, list(reqs), first_round)
             for c, items in instr.items():
                 for it in items:
                     if it[0] == "give":
-                        gives[c].append(it)
+                        gives.setdefault(c, []).append(it)
                     else:
-                        pool_items[c].append(("pool", it))
+                        pool_items.setdefault(c, []).append(("pool", it))
         inbox: dict[int, list] = {}
-        for c in self.cpus:
-            items = gives[c] + xfers[c] + others[c] + pool_items[c]
-            if items:
-                items = self._take_pending(c) + items
-            inbox[c] = items
+        for c in set(gives) | set(xfers) | set(others) | set(pool_items):
+            inbox[c] = gives.get(c, []) + xfers.get(c, []) + others.get(c, []) + pool_items.get(c, [])
         return inbox
 
     def _take_pending(self, c: int) -> list:
@@ -298,13 +333,14 @@ class HostEngine:
 
     def _after_boundary(self) -> None:
         """Queue the refreshed pool views (and frame refills) for the next command."""
-        for c in self.cpus:
-            ps = self.pools[self.pool_of[c]]
-            idlers = tuple(x for x in ps.cpus if self.idle.get(x, False))
-            v = ("view", idlers, getattr(ps, "runq_sort", 0), ps.view_extra())
-            if self.sent_view.get(c) != v:
-                self.sent_view[c] = v
-                self.pending.setdefault(c, []).append(v)
+        self.rounds_here = 0
+        idle = self.idle
+        for ps in self.pools.values():
+            v = ("view", tuple(x for x in ps.cpus if idle[x]), getattr(ps, "runq_sort", 0), ps.view_extra())
+            for c in ps.cpus:
+                if self.sent_view.get(c) != v:
+                    self.sent_view[c] = v
+                    self.pending.setdefault(c, []).append(v)
         if self.want_frames and self.memory is not None:
             want = self.want_frames
             got = self.memory.refill_caches(want)
@@ -330,10 +366,9 @@ class HostEngine:
 
     # --- toolstack commands ----------------------------------------------------------------------
     def _command_round(self, inbox: dict[int, list]) -> None:
-        cmds = {c: ("run", tuple(self._take_pending(c) + items), self.now) for c, items in inbox.items() if items}
-        if not cmds:
+        if not any(inbox.values()):
             return
-        replies = self.ports.exchange(cmds)
+        replies = self._run(inbox, self.now)
         if self.now % self.epoch == 0:
             # we stand on a boundary: resolve what the command caused at once
             self._boundary(replies)
@@ -473,20 +508,7 @@ class HostEngine:
         self.unpause_domain(uid)
 
     def _collect_exports(self, inbox: dict[int, list], vids: list[int]) -> list[bytes]:
-        cmds = {c: ("run", tuple(self._take_pending(c) + items), self.now) for c, items in inbox.items() if items}
-        replies = self.ports.exchange(cmds)
-        for c, (out, summ, horizon, curr) in replies.items():
-            self.summaries[c] = summ
-            self.horizons[c] = horizon
-            self.idle[c] = curr < 0
-            self.curr_vid[c] = curr
-            for j, m in enumerate(out):
-                if m[0] == "exported":
-                    self.exported[m[2]] = m[3]
-                    if m[3] is not None:
-                        self.directory.pop(m[2], None)
-                else:
-                    self.held.append((m[1], c, j, m))
+        self._absorb(self._run(inbox, self.now), hold=True)
         recs = []
         for vid in vids:
             rec = self.exported.pop(vid, None)
@@ -682,20 +704,9 @@ class HostEngine:
 
     def probe_domain(self, uid: int) -> dict:
         """CPU time of the domain's vCPUs and log-dirty cost charged to it, summed over pCPUs."""
-        replies = self.ports.exchange({c: ("run", tuple(self._take_pending(c)) + (("probe", uid),), self.now) for c in self.cpus})
-        tot: dict[str, int] = {}
-        for c, (out, summ, horizon, curr) in replies.items():
-            self.summaries[c] = summ
-            self.horizons[c] = horizon
-            self.idle[c] = curr < 0
-            self.curr_vid[c] = curr
-            for j, m in enumerate(out):
-                if m[0] == "probed":
-                    for k, v in m[3].items():
-                        tot[k] = tot.get(k, 0) + v
-                else:
-                    self.held.append((m[1], c, j, m))
-        return tot
+        self.probed = {}
+        self._absorb(self._run({c: [("probe", uid)] for c in self.cpus}, self.now), hold=True)
+        return dict(self.probed)
 
     def release_outgoing(self, uid: int) -> int:
         """The destination runs the domain: destroy the source's copy (its vCPUs were exported)."""
@@ -736,7 +747,7 @@ class HostEngine:
                 _, _t2, vid, to, rec, xk = m
                 self.directory[vid] = to
                 inbox[to].append(("xfer", rec, xk, None))
-        reports = self.ports.exchange({c: ("finish", tuple(inbox[c]), self.now) for c in self.cpus})
+        reports = self.ports.exchange({c: ("finish", tuple(self._take_pending(c) + inbox[c]), self.now) for c in self.cpus})
         self.finished = True
         return [reports[c] for c in self.cpus]
 

@@ -158,9 +158,8 @@ class PcpuCore:
         self._dig = hashlib.blake2b(digest_size=16)
         self._dbuf = array("q")
         # metrics
-        self.wake_lat: dict[int, list[int]] = {}
-        self.hv_stays: dict[str, list[int]] = {}
-        self.hv_by_kind: dict[str, list[int]] = {}  # hypercall name -> [count, preemptions]
+        self.wake_lat: dict[int, array] = {}
+        self.hv: dict[int, list] = {}  # hypercall number -> [count, preemptions, stays (ns)]
         self.metrics: dict[str, int] = {}
         self.checks = checks
         self.preempt = preempt  # hypercall_preempt_check; False: long hypercalls run to completion
@@ -327,7 +326,7 @@ class PcpuCore:
             if nxt.wake_ns >= 0:
                 lat = self.wake_lat.get(nxt.vid)
                 if lat is None:
-                    lat = self.wake_lat[nxt.vid] = []
+                    lat = self.wake_lat[nxt.vid] = array("q")
                 lat.append(now - nxt.wake_ns)
                 nxt.wake_ns = -1
             nxt.last_pcpu = self.pcpu
@@ -479,8 +478,7 @@ class PcpuCore:
             self.long = None
             op.encode(op.done)
             v.hcall_preempted = True
-            self._count_hcall(op.nr, preempted=True)
-            self._leave_xen(v, op.nr)
+            self._leave_xen(v, op.nr, True)
             v.pause_flags |= VPF_BLOCKED_IN_XEN
             self.sched.sleep(v)
             self.softirq = True
@@ -492,8 +490,7 @@ class PcpuCore:
                 self.sample("hv_preempt_response", v.vid, self.now - op.cond_ns)
             op.encode(op.done)
             v.hcall_preempted = True
-            self._count_hcall(op.nr, preempted=True)
-            self._leave_xen(v, op.nr)
+            self._leave_xen(v, op.nr, True)
             if not self.softirq:
                 self._resume_guest(v)  # nothing to schedule: the guest re-executes at once
             return
@@ -530,33 +527,21 @@ class PcpuCore:
         nr = v.regs["rax"]
         v.regs["rax"] = result & 0xFFFFFFFFFFFFFFFF if result < 0 else result
         v.regs["rip"] += 2
-        self._count_hcall(nr, preempted=False)
-        self._leave_xen(v, nr)
+        self._leave_xen(v, nr, False)
         if self.curr is v and not self.softirq and self.mode == MODE_GUEST:
             self._guest_next(v)
 
-    def _leave_xen(self, v: VcpuState, nr: int) -> None:
-        stay = self.now - v.hv_entry_ns
-        name = hc.NAMES.get(nr, str(nr))
-        lst = self.hv_stays.get(name)
-        if lst is None:
-            lst = self.hv_stays[name] = []
-        lst.append(stay)
+    def _leave_xen(self, v: VcpuState, nr: int, preempted: bool) -> None:
+        st = self.hv.get(nr)
+        if st is None:
+            st = self.hv[nr] = [0, 0, array("q")]
+        st[1 if preempted else 0] += 1
+        st[2].append(self.now - v.hv_entry_ns)
         self.mode = MODE_GUEST
         self.timer_softirq = False
         self.gen += 1
         self.busy_ev = False
         self.seg_start = self.now
-
-    def _count_hcall(self, nr: int, preempted: bool) -> None:
-        name = hc.NAMES.get(nr, str(nr))
-        c = self.hv_by_kind.get(name)
-        if c is None:
-            c = self.hv_by_kind[name] = [0, 0]
-        if preempted:
-            c[1] += 1
-        else:
-            c[0] += 1
 
     _pending_effect = None
 
@@ -837,13 +822,17 @@ class PcpuCore:
         """One command of the host protocol (the same in-process and in an actor)."""
         kind = cmd[0]
         if kind == "run":
-            _, inbox, until = cmd
+            _, inbox, at, until = cmd
+            if at > self.now:
+                self.advance(at)  # a pCPU left out of earlier exchanges had nothing before ``at``
             if inbox:
                 self.handle(inbox)
             self.advance(until)
             return (self.take_outbox(), self.sched.summary(), self.next_event_ns(), self.curr.vid if self.curr is not None else -1)
         if kind == "finish":
             _, inbox, end = cmd
+            if end > self.now:
+                self.advance(end)
             if inbox:
                 self.handle(inbox)
             return self.finish(end)
@@ -895,9 +884,9 @@ class PcpuCore:
             "digest": self.digest(),
             "trace": self.trace.tobytes(),
             "trace_dropped": self.trace_dropped,
-            "wake_lat": {vid: lat for vid, lat in self.wake_lat.items()},
-            "hv_stays": self.hv_stays,
-            "hv_by_kind": self.hv_by_kind,
+            "wake_lat": {vid: lat.tolist() for vid, lat in self.wake_lat.items()},
+            "hv_stays": {hc.NAMES.get(nr, str(nr)): st[2].tolist() for nr, st in self.hv.items()},
+            "hv_by_kind": {hc.NAMES.get(nr, str(nr)): [st[0], st[1]] for nr, st in self.hv.items()},
             "vcpus": vcpus,
             "departed": dict(self.departed),
             "metrics": dict(self.metrics),

@@ -58,7 +58,7 @@ class Kept:
     def hcall_stats(self, kind):
         tot = [0, 0]
         for c in self.host.cores.values():
-            n, p = c.hv_by_kind.get(kind, (0, 0))
+            n, p, _ = c.hv.get(getattr(hc, f"HYPERVISOR_{kind}"), (0, 0, ()))
             tot[0] += n
             tot[1] += p
         return tot
@@ -93,7 +93,7 @@ def balloon_outcome(preempt: bool) -> dict:
             "freed_zeroed": bool((mem.tags[freed] == 0).all()),
             "values": values,
             "stats": k.hcall_stats("memory_op"),
-            "stays": [x for c in k.host.cores.values() for x in c.hv_stays.get("memory_op", [])],
+            "stays": [x for c in k.host.cores.values() for x in c.hv.get(hc.HYPERVISOR_memory_op, (0, 0, ()))[2]],
             "response": [x for c in k.host.cores.values() for lst in c.samples.get("hv_preempt_response", {}).values() for x in lst],
         }
         return out

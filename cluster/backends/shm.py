@@ -191,6 +191,7 @@ class ShmPorts:
         followers = [c for c in cmds if c != 0]
         for c in followers:
             self.seg.write(IN, c, packb(cmds[c]))
+        for c in followers:  # ring only once every mailbox is written
             os.write(self.cmd_fds[c], b"x")
         out: dict[int, Any] = {}
         if 0 in cmds:
