@@ -124,6 +124,8 @@ class InlinePorts:
 
     def __init__(self, cores: dict[int, PcpuCore]):
         self.cores = cores
+        for c in cores.values():
+            c.wire = c.checks  # hand vCPU objects over directly; checks keep the codec in the loop
 
     def exchange(self, cmds: dict[int, tuple]) -> dict[int, Any]:
         return {i: self.cores[i].step(cmd) for i, cmd in sorted(cmds.items())}
@@ -289,6 +291,7 @@ class HostEngine:
         others: dict[int, list] = {}
         pool_items: dict[int, list] = {}
         steal_reqs: dict[int, list] = {}
+        told: set[int] = set()  # pools that received messages this round
         directory = self.directory
         for t, src, _j, m in msgs:
             kind = m[0]
@@ -297,12 +300,15 @@ class HostEngine:
                 if c is not None:
                     others.setdefault(c, []).append(("evt", m[2], m[3], m[4]))
             elif kind == "xfer":
-                directory[m[2]] = m[3]
+                if vid_dom(m[2]) in self.domains:  # else destroyed meanwhile: the pCPU drops it
+                    directory[m[2]] = m[3]
                 xfers.setdefault(m[3], []).append(("xfer", m[4], m[5], None))
             elif kind == "steal":
                 steal_reqs.setdefault(self.pool_of[src], []).append((t, src, m[2]))
             elif kind == "pool":
-                self.pools[self.pool_of[src]].on_msg(src, m[2])
+                pid = self.pool_of[src]
+                self.pools[pid].on_msg(src, m[2])
+                told.add(pid)
             elif kind == "tickle":
                 others.setdefault(m[2], []).append(("tickle",))
             elif kind == "host":
@@ -310,7 +316,7 @@ class HostEngine:
         summaries = self.summaries
         for pid, ps in self.pools.items():
             reqs = steal_reqs.get(pid, ())
-            if not reqs and not (first_round and ps.next_due(self.now) <= self.now):
+            if not reqs and pid not in told and not (first_round and ps.next_due(self.now) <= self.now):
                 continue  # nothing for the pool half at this round
             instr = ps.boundary(self.now, {c: summaries[c] for c in ps.cpus}, list(reqs), first_round)
             for c, items in instr.items():

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hosts.clock import MS, NEVER
+from hosts.domain import EvtchnBinding
+from hosts.vcpu import make_vid
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.pcpu import PcpuCore
@@ -103,12 +105,16 @@ def signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
+_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
+
+
 def load_args(v: "VcpuState", nr: int, args: tuple) -> None:
     regs = v.regs
     regs["rax"] = nr
-    names = ("rdi", "rsi", "rdx", "r10", "r8")
-    for i, name in enumerate(names):
-        regs[name] = int(args[i]) if i < len(args) and isinstance(args[i], int) else 0
+    n = len(args)
+    for i, name in enumerate(_ARG_REGS):
+        a = args[i] if i < n else 0
+        regs[name] = a if type(a) is int else (int(a) if isinstance(a, int) else 0)
     # a trailing dict is the guest structure the pointer argument designates
     v.hcall_args = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
 
@@ -212,8 +218,6 @@ def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
             rdom = core.domains.get(b.remote_uid)
             if rdom is None or b.remote_port not in rdom.evtchn:
                 return -EINVAL
-            from hosts.vcpu import make_vid
-
             target = make_vid(b.remote_uid, rdom.evtchn[b.remote_port].notify_vcpu)
             core.deliver_event(target, b.remote_port, payload)
             return 0
@@ -224,8 +228,6 @@ def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         remote_port = int(v.hcall_args.get("remote_port", -1))
 
         def eff():
-            from hosts.domain import EvtchnBinding
-
             k = v.wl.get("_ports", 0)
             port = 1 + v.idx * PORTS_PER_VCPU + k
             if k >= PORTS_PER_VCPU or port in dom.evtchn:

@@ -65,6 +65,8 @@ EV_POLL_TIMEOUT = 4
 MODE_GUEST = 0
 MODE_XEN = 1
 
+SOFTIRQ_LOOP_MAX = 1000  # a scheduler that keeps re-raising at one instant is livelocked
+
 # Transfer kinds.
 XFER_PUSH = 0  # a running vCPU migrating at switch-out (VPF_migrating)
 XFER_STOLEN = 1  # taken from a peer's runqueue by work stealing
@@ -131,7 +133,14 @@ class PcpuCore:
         self.timer_softirq = False
         self.busy_ev = False
         self.gen = 0  # invalidates the current burst event on every switch / replan
-        self.s_token = 0
+        # Xen's s_timer, re-armed at every decision. The heap holds at most one live entry,
+        # at ``s_armed`` <= ``s_deadline``; an entry that fires early re-arms for the
+        # deadline. Moving the deadline later (the common case) thus costs no heap traffic.
+        self.s_deadline = NEVER
+        self.s_armed = NEVER
+        # vCPUs moving between this host's pCPUs travel as records (True in actors; in one
+        # process the object itself is handed over, unless checks ask for the codec)
+        self.wire = True
         self.timers: dict[str, int] = {}  # scheduler timer name -> token
         self._timer_tok = 0
         self.outbox: list[tuple] = []
@@ -141,6 +150,7 @@ class PcpuCore:
         self.frame_cache: list[int] = []  # frames this pCPU may hand out mid-epoch
         self.frames_exhausted = False  # the host said it has no free frame left
         self.departed: dict[int, list[int]] = {}  # runstates of vCPUs of destroyed domains
+        self.destroyed: dict[int, int] = {}  # uid -> when its domain left this pCPU's table
         self.samples: dict[str, dict[int, list[int]]] = {}
         self.paging_costs = PagingCosts.from_dict(paging_costs)
         self._paging: dict[int, PagingModel] = {}
@@ -229,7 +239,7 @@ class PcpuCore:
         heap = self._heap
         dispatch = self._dispatch
         if self.softirq and self.mode == MODE_GUEST:
-            self._schedule()
+            self._softirqs()
         while heap and heap[0][0] < until:
             t = heap[0][0]
             self.now = t
@@ -238,7 +248,7 @@ class PcpuCore:
                 self.events += 1
                 dispatch(ev[3], ev[4])
             if self.softirq and self.mode == MODE_GUEST:
-                self._schedule()
+                self._softirqs()
         if until > self.now:
             self.now = until
 
@@ -248,9 +258,16 @@ class PcpuCore:
                 self.busy_ev = False
                 self._burst_end()
         elif kind == EV_S_TIMER:
-            if arg == self.s_token:
-                self._timer_irq()
-                self.softirq = True
+            if arg == self.s_armed:
+                self.s_armed = NEVER
+                if self.now >= self.s_deadline:
+                    self.s_deadline = NEVER
+                    self._timer_irq()
+                    self.softirq = True
+                elif self.s_deadline < NEVER:
+                    self.s_armed = d = self.s_deadline
+                    self.q._seq += 1
+                    heappush(self._heap, (d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
         elif kind == EV_SCHED_TIMER:
             name, tok = arg
             if self.timers.get(name) == tok:
@@ -271,6 +288,15 @@ class PcpuCore:
                 self._timer_irq()
                 self.unblock(v)
 
+    def _softirqs(self) -> None:
+        """do_softirq: SCHEDULE runs again while it is raised anew at this instant, also from
+        inside schedule() itself (a wake in context_saved or in a migration's tail)."""
+        for _ in range(SOFTIRQ_LOOP_MAX):
+            self._schedule()
+            if not (self.softirq and self.mode == MODE_GUEST):
+                return
+        raise InvariantError(f"{self.host} pCPU {self.pcpu}: the scheduler raised SCHEDULE_SOFTIRQ {SOFTIRQ_LOOP_MAX} times at one instant")
+
     def _timer_irq(self) -> None:
         """A timer interrupt raises TIMER_SOFTIRQ, which preempts a long hypercall."""
         if self.long is not None:
@@ -286,10 +312,14 @@ class PcpuCore:
         prev = self.curr
         dec = self.sched.do_schedule(now, prev)
         nxt = dec.vcpu
-        self.s_token += 1
         if dec.next_time_ns >= 0:
-            self.q._seq += 1
-            heappush(self._heap, (now + dec.next_time_ns, PRIO_TIMER, self.q._seq, EV_S_TIMER, self.s_token))
+            self.s_deadline = d = now + dec.next_time_ns
+            if d < self.s_armed:
+                self.s_armed = d
+                self.q._seq += 1
+                heappush(self._heap, (d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
+        else:
+            self.s_deadline = NEVER
         if nxt is prev:
             if prev is not None and not self.busy_ev:
                 self._resume_guest(prev)
@@ -363,7 +393,7 @@ class PcpuCore:
         del self.vcpus[v.vid]
         self.workloads.pop(v.vid, None)
         v.sched = self.sched.udata_to_wire(v.sched)
-        self.outbox.append(("xfer", self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True), kind))
+        self.outbox.append(("xfer", self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, kind))
 
     # ========================================================================================
     # guest execution
@@ -700,7 +730,13 @@ class PcpuCore:
             elif kind == "give":
                 self._give(it[1], it[2])
             elif kind == "xfer":
-                v = self._arrive(it[1], it[2], it[3])
+                rec = it[1]
+                v = rec if isinstance(rec, VcpuState) else unpack_vcpu(rec)
+                if v.dom not in self.domains:
+                    # its domain was destroyed while the record was between pCPUs
+                    self.departed[v.vid] = v.runstate_totals(max(self.destroyed.get(v.dom, self.now), v.state_entry_ns))
+                    continue
+                self._arrive(v, it[2], it[3])
                 if it[3] == "migrated":
                     self.workloads[v.vid].on_restore(v, self)
             elif kind == "view":
@@ -715,7 +751,11 @@ class PcpuCore:
                     if v.dom == info.uid:
                         self.workloads[vid] = make_workload(info, v.idx, self._wl_cache)
             elif kind == "domdel":
-                self.domains.pop(it[1], None)
+                # a vCPU that arrived after the kill (a give or move in flight) goes now
+                for vid in [vid for vid, v in self.vcpus.items() if v.dom == it[1]]:
+                    self._kill(vid)
+                if self.domains.pop(it[1], None) is not None:
+                    self.destroyed[it[1]] = self.now
             elif kind == "pause":
                 for v in list(self.vcpus.values()):
                     if v.dom == it[1]:
@@ -755,8 +795,7 @@ class PcpuCore:
         self.sched.migrate(v, to_pcpu)
         self._send_vcpu(v, to_pcpu, XFER_STOLEN)
 
-    def _arrive(self, record: bytes, kind: int, extra) -> VcpuState:
-        v = unpack_vcpu(record)
+    def _arrive(self, v: VcpuState, kind: int, extra) -> VcpuState:
         self.adopt(v)
         if kind == XFER_STOLEN:
             self.sched.insert(v, stolen=True)

@@ -76,10 +76,7 @@ class VcpuState:
         "last_pcpu",
         "hard_affinity",
         "soft_affinity",
-        # engine bookkeeping, not part of the record (rebuilt when a vCPU is inserted)
-        "run_start_ns",
-        "burst_end_ns",
-        "gen",
+        # engine bookkeeping, not part of the record: a vCPU never moves while inside Xen
         "hv_entry_ns",
     )
 
@@ -109,9 +106,6 @@ class VcpuState:
         self.last_pcpu = -1
         self.hard_affinity = tuple(hard_affinity)
         self.soft_affinity = tuple(soft_affinity)
-        self.run_start_ns = 0
-        self.burst_end_ns = NEVER
-        self.gen = 0
         self.hv_entry_ns = -1
 
     # --- the workload's random stream --------------------------------------------------------

@@ -70,6 +70,8 @@ class SchedContext(Protocol):
     now: int
     view: PoolView
     curr: "VcpuState | None"
+    domains: "dict[int, DomainInfo]"  # the host's domain table, as of the last boundary
+    vcpus: "dict[int, VcpuState]"  # the vCPUs this pCPU holds, by vid
 
     def domain(self, uid: int) -> "DomainInfo": ...
     def raise_softirq(self) -> None: ...
