@@ -59,7 +59,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def default_scheduler() -> Any:
-    return sched_registry.get("credit").params()
+    """Credit2, Xen's default since 4.12."""
+    return sched_registry.get("credit2").params()
 
 
 class RunCfg(_M):
@@ -326,6 +327,8 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
         ctx = e.get("ctx", {})
         what = {"name": "scheduler", "kind": "workload kind"}.get(str(ctx.get("discriminator", "")).strip("'"), "value")
         msg = f"unknown {what} {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+        if ctx.get("tag") == "None":
+            msg += ' (YAML reads a bare null as "no value": write "null" in quotes)'
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
     return field_name, msg

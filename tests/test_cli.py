@@ -93,6 +93,8 @@ BAD = [
     ("negative weight", {**GOOD, "domains": [{**GOOD["domains"][0], "weight": -5}]}, "domains[a].weight", "greater than or equal to 1"),
     ("cap above 100 x vcpus", {**GOOD, "domains": [{**GOOD["domains"][0], "cap": 150}]}, "domains[a].cap", "exceeds 100 x vCPUs (100)"),
     ("unknown scheduler", {**GOOD, "hosts": [{**GOOD["hosts"][0], "scheduler": {"name": "bvt"}}]}, "hosts[h0].scheduler", "'credit'"),
+    ("bare null scheduler", "hosts: [{name: h0, pcpus: 2, mem_mib: 1024, scheduler: {name: null}}]\ndomains: [{name: a, host: h0, workload: {kind: cpu}}]\n",
+     "hosts[h0].scheduler", 'write "null" in quotes'),
     ("unknown host", {**GOOD, "domains": [{**GOOD["domains"][0], "host": "h9"}]}, "domains[a].host", "unknown host 'h9'; hosts: h0"),
     ("unknown workload", {**GOOD, "domains": [{**GOOD["domains"][0], "workload": {"kind": "bitcoin"}}]}, "domains[a].workload", "'cpu'"),
     ("domain too big", {**GOOD, "domains": [{**GOOD["domains"][0], "mem_mib": 4096}]}, "domains[a].mem_mib", "does not fit on host h0"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hosts.vcpu import make_vid
 
@@ -69,3 +70,26 @@ def test_destroy_frees_the_domain():
     # a and c then share two pCPUs alone: each gets a whole pCPU for the second half
     late_a = sum(e - max(s, 600_000_000) for s, e, _ in intervals(res, "a") if e > 600_000_000)
     assert late_a > 0.95 * 400_000_000
+
+
+@pytest.mark.parametrize("sched", ["credit", "credit2", "rtds", "null"])
+def test_destroy_while_vcpus_are_between_pcpus(sched):
+    """With merged rounds a steal or a move emitted at a boundary is still in flight when a
+    destroy lands; the record must go with its domain (these instants caught such records
+    in flight under Credit). Each destroyed vCPU's runstates add up to its destroy time."""
+    for k in (21, 29, 36, 37):
+        t = 100 + k * 7.3
+        doc = {
+            "run": {"seed": k, "duration_ms": 600, "boundary_rounds": 0, "debug_checks": k % 2 == 1},
+            "hosts": [{"name": "h", "pcpus": 4, "mem_mib": 2048, "scheduler": {"name": sched}}],
+            "domains": [{"name": f"d{i}", "host": "h", "vcpus": 3, "mem_mib": 64,
+                         "workload": {"kind": "periodic", "run_ms": 1 + i % 3, "period_ms": 4}} for i in range(4)],
+            "events": [{"at_ms": t, "destroy": {"domain": "d1"}}, {"at_ms": t + 40.5, "destroy": {"domain": "d2"}}],
+        }
+        res = simulate(doc)
+        for name, gone_ms in (("d1", t), ("d2", t + 40.5)):
+            d = next(d for d in res.summary["domains"] if d["name"] == name)
+            totals = [sum(v[f] for f in ("running_ns", "runnable_ns", "blocked_ns", "offline_ns")) for v in d["vcpus"]]
+            assert totals == [round(gone_ms * 1e6)] * 3, (k, name)
+        d3 = next(d for d in res.summary["domains"] if d["name"] == "d3")
+        assert [sum(v[f] for f in ("running_ns", "runnable_ns", "blocked_ns", "offline_ns")) for v in d3["vcpus"]] == [600_000_000] * 3
