@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cluster.config import load_config  # noqa: E402
+from cluster.config import ConfigError, load_config  # noqa: E402
 from cluster.runner import run_loaded  # noqa: E402
 
 
@@ -69,6 +69,20 @@ def actor_probe(be) -> dict:
     return {"actor_peak_rss_mb": max(peaks) if peaks else None, "actor_startup_s": be.startup_s}
 
 
+# Variants: a scenario file plus overrides, so that one workload is measured under both
+# Credit (the files' scheduler, comparable across versions) and the default Credit2.
+VARIANTS = {"mixed-credit2": ("mixed", ["hosts.*.scheduler={name: credit2}"])}
+
+
+def scenario_names() -> list[str]:
+    return sorted([p.stem for p in (ROOT / "configs" / "bench").glob("*.yaml")] + list(VARIANTS))
+
+
+def resolve(name: str) -> tuple[Path, list[str]]:
+    base, sets = VARIANTS.get(name, (name, []))
+    return ROOT / "configs" / "bench" / f"{base}.yaml", list(sets)
+
+
 def run_one(path: Path, backend: str, duration_ms: float | None, extra: list[str]):
     overrides = list(extra)
     if duration_ms is not None:
@@ -89,22 +103,23 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) 
         ray_init_s = time.perf_counter() - t0
     try:
         for name in names:
-            path = ROOT / "configs" / "bench" / f"{name}.yaml"
-            cfg, _ = load_config(path, extra)
+            path, sets = resolve(name)
+            extra_n = sets + list(extra)
+            cfg, _ = load_config(path, extra_n)
             dur = min(cfg.run.duration_ms, 1000.0) if quick else None
             sim_s = (dur or cfg.run.duration_ms) / 1000.0
             row: dict = {k: None for k in ("inline_sim_s_per_wall_s", "ray_sim_s_per_wall_s", "ray_over_inline", "events_per_wall_s",
                                             "epochs_per_sim_s", "ray_startup_s", "peak_rss_mb_driver", "peak_rss_mb_actor", "digests_equal")}
             digests = {}
             if "inline" in backends:
-                r = run_one(path, "inline", dur, extra)
+                r = run_one(path, "inline", dur, extra_n)
                 w = r.summary["sim_wall_s"]
                 row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
                 row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
                 row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
                 digests["inline"] = r.summary["trace_digest"]
             if "ray" in backends:
-                r = run_one(path, "ray", dur, extra)
+                r = run_one(path, "ray", dur, extra_n)
                 w = r.summary["sim_wall_s"]
                 row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
                 row["ray_startup_s"] = round(ray_init_s + r.summary["actor_startup_s"], 2)
@@ -161,8 +176,16 @@ def main() -> int:
     ap.add_argument("--backend", action="append", choices=["inline", "ray"], help="default both")
     ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
     a = ap.parse_args()
-    names = a.scenario or sorted(p.stem for p in (ROOT / "configs" / "bench").glob("*.yaml"))
-    res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set)
+    names = a.scenario or scenario_names()
+    unknown = [n for n in names if n not in scenario_names()]
+    if unknown:
+        print(f"bench: --scenario {unknown[0]!r} is not a scenario; scenarios: {', '.join(scenario_names())}", file=sys.stderr)
+        return 2
+    try:
+        res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set)
+    except ConfigError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps(res, indent=2))
     else:

@@ -3,29 +3,35 @@ runs): the fast Ray backend keeps the determinism contract."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from cluster.config import load_config
 
 from conftest import CONFIGS, simulate_file
 
-SCENARIOS = sorted(p.stem for p in (CONFIGS / "bench").glob("*.yaml"))
+# the scenarios exactly as scripts/bench.py runs them (files and variants)
+_spec = importlib.util.spec_from_file_location("hvsim_bench", CONFIGS.parent / "scripts" / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
-def shortened(name: str) -> list[str]:
-    cfg, _ = load_config(CONFIGS / "bench" / f"{name}.yaml")
+def shortened(path, sets: list[str]) -> list[str]:
+    cfg, _ = load_config(path, sets)
     if cfg.events:  # keep the scenario's events (the migration) inside a short run
         first = min(e.at_ms for e in cfg.events)
-        return [f"run.duration_ms={first + 400}"]
-    return ["run.duration_ms=400"]
+        return sets + [f"run.duration_ms={first + 400}"]
+    return sets + ["run.duration_ms=400"]
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize("name", bench.scenario_names())
 def test_bench_scenario_same_digest_inline_and_ray(ray_session, name):
-    over = shortened(name)
-    a = simulate_file(CONFIGS / "bench" / f"{name}.yaml", overrides=over).summary
-    b = simulate_file(CONFIGS / "bench" / f"{name}.yaml", backend="ray", overrides=over).summary
+    path, sets = bench.resolve(name)
+    over = shortened(path, sets)
+    a = simulate_file(path, overrides=over).summary
+    b = simulate_file(path, backend="ray", overrides=over).summary
     assert a["trace_digest"] == b["trace_digest"]
     assert [(p["busy_ns"], p["idle_ns"]) for p in a["pcpus"]] == [(p["busy_ns"], p["idle_ns"]) for p in b["pcpus"]]
     assert a["scheduler_events"] == b["scheduler_events"] > 0
