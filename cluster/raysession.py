@@ -23,6 +23,12 @@ import uuid
 
 
 
+# Actors' and Ray's own worker logs stay in the session's log directory unless asked for:
+# forwarded, Ray's notices (e.g. on starting many actors on few cores) would mix with hvsim's
+# tables and --json output. Failures reach the driver as errors either way.
+LOG_TO_DRIVER = os.environ.get("HVSIM_RAY_LOGS", "") not in ("", "0")
+
+
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
@@ -53,7 +59,7 @@ class RaySession:
             return self
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         if self.address:
-            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=True)
+            ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=LOG_TO_DRIVER)
             self.joined = True
         else:
             from cluster.reaper import Reaper
@@ -68,7 +74,7 @@ class RaySession:
                 num_cpus=ncpu,
                 include_dashboard=False,
                 logging_level=logging.ERROR,
-                log_to_driver=True,
+                log_to_driver=LOG_TO_DRIVER,
                 _temp_dir=self.tmpdir,
             )
             self.owned = True

@@ -9,8 +9,10 @@ in the ratios. Scenarios are the configs in configs/bench/ (one per file, named 
 
 Per scenario: simulated seconds per wall second on inline and on Ray and their ratio,
 scheduler events per wall second (inline), epoch boundaries per simulated second, Ray
-start-up time apart from the run (ray.init + building the cluster's actors), and peak RSS of
-the driver and of one pCPU actor. A figure that does not apply is null.
+start-up time apart from the run (ray.init + building the cluster's actors), peak RSS of the
+driver and of one pCPU actor, and for migrations the total time, downtime, data sent and the
+run's wall time. Variants (VARIANTS below) run a scenario file with overrides: the default
+scheduler, the other pre-copy policies. A figure that does not apply is null.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import threading
 import sys
 import time
 from pathlib import Path
@@ -71,7 +73,12 @@ def actor_probe(be) -> dict:
 
 # Variants: a scenario file plus overrides, so that one workload is measured under both
 # Credit (the files' scheduler, comparable across versions) and the default Credit2.
-VARIANTS = {"mixed-credit2": ("mixed", ["hosts.*.scheduler={name: credit2}"])}
+# The migration scenario runs under each pre-copy policy.
+VARIANTS = {
+    "mixed-credit2": ("mixed", ["hosts.*.scheduler={name: credit2}"]),
+    "migration-legacy": ("migration", ["events.0.migrate.policy=xen-legacy"]),
+    "migration-downtime": ("migration", ["events.0.migrate.policy=downtime-target"]),
+}
 
 
 def scenario_names() -> list[str]:
@@ -81,6 +88,50 @@ def scenario_names() -> list[str]:
 def resolve(name: str) -> tuple[Path, list[str]]:
     base, sets = VARIANTS.get(name, (name, []))
     return ROOT / "configs" / "bench" / f"{base}.yaml", list(sets)
+
+
+class RssPeak:
+    """Peak resident set of this process while the block runs (sampled every 10 ms; the
+    kernel's own peak, VmHWM, cannot be reset between scenarios)."""
+
+    def __enter__(self) -> "RssPeak":
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def migration_figures(summary: dict, backend: str, wall_s: float, sim_s: float) -> dict:
+    """The first migration's total time, downtime and data sent, and the wall time of the
+    whole run that contains it."""
+    migs = summary.get("migrations") or []
+    if not migs or migs[0].get("total_ms") is None:
+        return {}
+    m = migs[0]
+    return {
+        "migration_policy": m["policy"],
+        "migration_total_s": round(m["total_ms"] / 1000.0, 3),
+        "migration_downtime_ms": round(m["downtime_ms"], 2),
+        "migration_sent_gb": round(m["bytes_sent"] / 1e9, 3),
+        f"migration_wall_s_{backend}": round(wall_s, 2),
+    }
 
 
 def run_one(path: Path, backend: str, duration_ms: float | None, extra: list[str]):
@@ -109,29 +160,34 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) 
             dur = min(cfg.run.duration_ms, 1000.0) if quick else None
             sim_s = (dur or cfg.run.duration_ms) / 1000.0
             row: dict = {k: None for k in ("inline_sim_s_per_wall_s", "ray_sim_s_per_wall_s", "ray_over_inline", "events_per_wall_s",
-                                            "epochs_per_sim_s", "ray_startup_s", "peak_rss_mb_driver", "peak_rss_mb_actor", "digests_equal")}
+                                            "epochs_per_sim_s", "ray_startup_s", "peak_rss_mb_driver", "peak_rss_mb_actor", "digests_equal",
+                                            "migration_policy", "migration_total_s", "migration_downtime_ms", "migration_sent_gb",
+                                            "migration_wall_s_inline", "migration_wall_s_ray")}
             digests = {}
-            if "inline" in backends:
-                r = run_one(path, "inline", dur, extra_n)
-                w = r.summary["sim_wall_s"]
-                row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
-                row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
-                row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
-                digests["inline"] = r.summary["trace_digest"]
-            if "ray" in backends:
-                r = run_one(path, "ray", dur, extra_n)
-                w = r.summary["sim_wall_s"]
-                row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
-                row["ray_startup_s"] = round(ray_init_s + r.summary["actor_startup_s"], 2)
-                row["peak_rss_mb_actor"] = round(r.summary["actor_peak_rss_mb"], 1) if r.summary.get("actor_peak_rss_mb") else None
-                digests["ray"] = r.summary["trace_digest"]
-                if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
-                    row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
+            with RssPeak() as rss:  # the driver, over both runs
+                if "inline" in backends:
+                    r = run_one(path, "inline", dur, extra_n)
+                    w = r.summary["sim_wall_s"]
+                    row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                    row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
+                    row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
+                    digests["inline"] = r.summary["trace_digest"]
+                    row.update(migration_figures(r.summary, "inline", w, sim_s))
+                if "ray" in backends:
+                    r = run_one(path, "ray", dur, extra_n)
+                    w = r.summary["sim_wall_s"]
+                    row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                    row["ray_startup_s"] = round(ray_init_s + r.summary["actor_startup_s"], 2)
+                    row["peak_rss_mb_actor"] = round(r.summary["actor_peak_rss_mb"], 1) if r.summary.get("actor_peak_rss_mb") else None
+                    digests["ray"] = r.summary["trace_digest"]
+                    row.update({k: v for k, v in migration_figures(r.summary, "ray", w, sim_s).items() if row.get(k) is None or k.endswith("_ray")})
+                    if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
+                        row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
             if row["inline_sim_s_per_wall_s"] and row["ray_sim_s_per_wall_s"]:
                 row["ray_over_inline"] = round(row["ray_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
             if len(digests) == 2:
                 row["digests_equal"] = digests["inline"] == digests["ray"]
-            row["peak_rss_mb_driver"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+            row["peak_rss_mb_driver"] = rss.mb
             row["sim_s"] = sim_s
             out["scenarios"][name] = row
     finally:
@@ -151,6 +207,12 @@ ROWS = [
     ("peak RSS driver MB", "peak_rss_mb_driver"),
     ("peak RSS one pCPU actor MB", "peak_rss_mb_actor"),
     ("inline and ray digests equal", "digests_equal"),
+    ("migration: policy", "migration_policy"),
+    ("migration: total s (simulated)", "migration_total_s"),
+    ("migration: downtime ms", "migration_downtime_ms"),
+    ("migration: data sent GB", "migration_sent_gb"),
+    ("migration: run's wall s inline", "migration_wall_s_inline"),
+    ("migration: run's wall s ray", "migration_wall_s_ray"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""validation.md, Schedulers: Credit shares for cases A-F and work conservation.
+"""Credit's published shares (the project's validation reference, Schedulers: cases A-F and
+work conservation).
 
-Expected numbers are the ones written in ../shared/reference/validation.md (each a % of one
-pCPU, averaged over >= 3 simulated seconds, tolerance +/- 2 points).
+Expected numbers are the reference's, each a % of one pCPU, averaged over >= 3 simulated
+seconds, tolerance +/- 2 points; each follows from Credit's weight and cap arithmetic.
 """
 
 from __future__ import annotations
