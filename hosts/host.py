@@ -346,7 +346,11 @@ class HostEngine:
             for c in ps.cpus:
                 if self.sent_view.get(c) != v:
                     self.sent_view[c] = v
-                    self.pending.setdefault(c, []).append(v)
+                    pend = self.pending.setdefault(c, [])
+                    if pend and pend[-1][0] == "view":
+                        pend[-1] = v  # back-to-back views: only the last one matters (a pCPU left out gathers many)
+                    else:
+                        pend.append(v)
         if self.want_frames and self.memory is not None:
             want = self.want_frames
             got = self.memory.refill_caches(want)
