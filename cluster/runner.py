@@ -131,16 +131,20 @@ def run_loaded(
             session.note_children()
         else:
             raise ValueError(f"unknown backend {backend!r}; use ray or inline")
-        startup_s = time.perf_counter() - t0 + (session.startup_s if session else 0.0)
-        t1 = time.perf_counter()
         from cluster.manager import RunIncomplete
 
         incomplete = None
+        t1 = startup_end = None
+        t_setup = time.perf_counter()
         try:
-            mgr.setup()
+            mgr.setup()  # building the cluster: domains created, memory populated
+            startup_end = t1 = time.perf_counter()
             _drive(mgr, plan, progress)
         except RunIncomplete as exc:
             incomplete = exc
+        if t1 is None:  # lost a host while building the cluster
+            startup_end = t1 = time.perf_counter()
+        startup_s = startup_end - t0 + (session.startup_s if session else 0.0)
         wall_sim = time.perf_counter() - t1
         probed = probe(be) if probe is not None else {}
         reports = mgr.finish()
@@ -154,7 +158,7 @@ def run_loaded(
             probed = {**probed, "placement": dict(be.nodes)}
         if incomplete is not None:
             probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
-        wall = time.perf_counter() - t1
+        wall = time.perf_counter() - t_setup
         frames = {int(uid): n for st in state.get("extra", {}).get("hosts", {}).values() for uid, n in st.get("frames", {}).items()}
         lost_doms = {int(u): t for u, t in state.get("extra", {}).get("lost_domains", {}).items()}
         summary = build_summary(
