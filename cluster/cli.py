@@ -136,7 +136,7 @@ def run(
     if not quiet:
         print_summary(res.summary)
     out.print(f"run directory: {res.out}")
-    out.print(f"trace_digest: {res.summary['trace_digest']}  wall {res.wall_s:.2f} s (+{res.startup_s:.2f} s start-up)")
+    out.print(f"trace_digest: {res.summary['trace_digest']}  simulation {res.summary['sim_wall_s']:.2f} s wall, start-up {res.startup_s:.2f} s (Ray, actors, domains)")
 
 
 class _Progress:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import uuid
 
 
@@ -43,7 +42,6 @@ class RaySession:
         self.owned = False  # we started the cluster
         self.joined = False  # we called ray.init
         self.tmpdir: str | None = None
-        self.startup_s = 0.0
 
     def __enter__(self) -> "RaySession":
         return self.start()
@@ -54,7 +52,6 @@ class RaySession:
     def start(self) -> "RaySession":
         import ray
 
-        t0 = time.perf_counter()
         if ray.is_initialized():
             return self
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -80,7 +77,6 @@ class RaySession:
             self.owned = True
             self.joined = True
             self.reaper.watch_children()
-        self.startup_s = time.perf_counter() - t0
         return self
 
     def note_children(self) -> None:

@@ -40,7 +40,6 @@ class InlineBackend:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.hosts: dict[str, InlineHost] = {}
-        self.startup_s = 0.0
 
     def start(self) -> dict[str, InlineHost]:
         self.hosts = {name: InlineHost(name, self.plan) for name in self.plan.hosts}

@@ -16,7 +16,6 @@ records and reports.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import ray
@@ -257,11 +256,9 @@ class RayBackend:
         self.actors: dict[str, list] = {}
         self.serve_refs: dict[str, list] = {}
         self.manager_actor = None
-        self.startup_s = 0.0
         self.nodes: dict[str, str] = {}
 
     def start(self) -> ManagerHandle:
-        t0 = time.perf_counter()
         run_cfg = packb(self.resolved["run"])
         host_cfgs = {h["name"]: h for h in self.resolved["hosts"]}
         pinned = plan_placement(self.resolved["hosts"], ray.nodes())
@@ -307,7 +304,6 @@ class RayBackend:
         # the toolstack lives with the driver, so that losing another node does not lose it
         here = ray.get_runtime_context().get_node_id()
         self.manager_actor = ManagerActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), masters)
-        self.startup_s = time.perf_counter() - t0
         return ManagerHandle(self.manager_actor)
 
     def follower_reports(self, lost: set[str] = frozenset()) -> dict[str, list[dict]]:
