@@ -379,6 +379,36 @@ def test_credit_weights_example_runs(tmp_path):
         assert abs(share - 100 * w / (256 + w)) < 2.0, x
 
 
+def test_migration_dirty_rate_example_runs(tmp_path):
+    # Two trials of the example: a 256 MiB guest over 1 Gbit/s dirtying 10 or 400 MB/s of a
+    # 64 MiB working set. Every page goes once at least: 256 MiB at 1e9 bit/s = 2.147 s.
+    # At 400 MB/s (over the link's 125 MB/s) the working set is mostly dirty again in every
+    # round, so Xen stops after 5 live rounds and sends it paused: at most 64 MiB / 125 MB/s =
+    # 537 ms, and not much less (random writes with replacement over ~3 working sets per
+    # round leave ~5% clean; log-dirty faults take some of the guest's CPU).
+    # At 10 MB/s the rounds shrink below 50 pages and the paused round is nearly empty.
+    out = tmp_path / "mdr"
+    ids = ["dirty_mb_s=10_policy=xen_mbit_s=1000_lat_us=100_r0", "dirty_mb_s=400_policy=xen_mbit_s=1000_lat_us=100_r0"]
+    r = runner.invoke(app, ["batch", str(CONFIGS / "sweeps" / "migration-dirty-rate.yaml"), "--out", str(out), "--launcher", "serial", *[a for i in ids for a in ("--only", i)]])
+    assert r.exit_code == 0, r.output
+    rows = {x["trial"]: x for x in read_table(out) if x["status"] == "ok"}
+    assert set(rows) == set(ids)
+    slow, fast = rows[ids[0]], rows[ids[1]]
+    guest_bytes = 256 * 2**20
+    for x in (slow, fast):
+        assert x["mig_status"] == "completed"
+        assert float(x["mig_total_ms"]) >= guest_bytes * 8 / 1e9 * 1000
+        assert int(x["mig_bytes_sent"]) >= guest_bytes
+    assert int(fast["mig_rounds"]) == 5
+    ws_ms = 64 * 2**20 * 8 / 1e9 * 1000
+    assert 0.8 * ws_ms <= float(fast["mig_downtime_ms"]) <= ws_ms + 5.0  # + records and link latency
+    assert float(slow["mig_downtime_ms"]) < 50.0
+    assert int(fast["mig_bytes_sent"]) > int(slow["mig_bytes_sent"]) + 4 * 64 * 2**20 * 0.9  # 4 more full rounds of the working set
+    r = runner.invoke(app, ["report", str(out), "--x", "dirty_mb_s", "--y", "mig_downtime_ms", "--hue", "policy"])
+    assert r.exit_code == 0, r.output
+    assert any(p.stat().st_size > 0 for p in out.rglob("*.png"))
+
+
 def test_headline_metrics_and_migration_columns():
     def vcpu(p50, p99):
         return {"id": 0, "wake_latency_us": {"p50": p50, "p99": p99, "max": p99, "count": 1 if p50 is not None else 0}}

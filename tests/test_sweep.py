@@ -10,7 +10,7 @@ import re
 import pytest
 
 from cluster.config import ConfigError, validate_doc
-from cluster.sweep import SweepSpec, expand_sweep, load_sweep, parse_spec, plan_sweep, validate_trials
+from cluster.sweep import SweepSpec, expand_sweep, parse_spec, plan_sweep, validate_trials
 
 from conftest import CONFIGS
 
@@ -224,19 +224,15 @@ def test_credit_weights_example_validates_fully():
         assert {h["scheduler"]["ratelimit_us"] for h in t.resolved["hosts"]} == {t.params["hosts.*.scheduler.ratelimit_us"]}
 
 
-def test_migration_dirty_rate_example_parses_and_expands():
-    # Only the sweep spec is checked here: its base config uses the migration config (links,
-    # migrate events, memwrite) that does not exist yet. Full validation of every trial
-    # (plan_sweep, as for credit-weights) comes with migration.
-    sweep = load_sweep(CONFIGS / "sweeps" / "migration-dirty-rate.yaml")
-    trials = expand_sweep(sweep.spec, sweep.base_doc, sweep.file)
+def test_migration_dirty_rate_example_validates_fully():
+    sweep, trials = plan_sweep(CONFIGS / "sweeps" / "migration-dirty-rate.yaml")
     assert isinstance(sweep.spec, SweepSpec)
     assert len(trials) == 5 * 3 * 2 * 2  # dirty rates x policies x links (zip) x repetitions
     assert trials[0].id == "dirty_mb_s=10_policy=xen_mbit_s=1000_lat_us=100_r0"
     assert trials[-1].id == "dirty_mb_s=400_policy=downtime-target_mbit_s=10000_lat_us=20_r1"
-    assert len({t.id for t in trials}) == len(trials)
+    assert len({t.id for t in trials}) == len({t.digest for t in trials}) == len(trials)
     for t in trials:
         assert DIR_NAME.match(t.id)
-        assert t.doc["events"][0]["migrate"]["policy"] == t.params["events.0.migrate.policy"]
-        assert (t.doc["links"][0]["bandwidth_mbit_s"], t.doc["links"][0]["latency_us"]) in {(1000, 100), (10000, 20)}
-        assert t.doc["domains"][0]["workload"]["dirty_mb_s"] == t.params["domains.guest.workload.dirty_mb_s"]
+        assert t.resolved["events"][0]["migrate"]["policy"] == t.params["events.0.migrate.policy"]
+        assert (t.resolved["links"][0]["bandwidth_mbit_s"], t.resolved["links"][0]["latency_us"]) in {(1000, 100), (10000, 20)}
+        assert t.resolved["domains"][0]["workload"]["dirty_mb_s"] == t.params["domains.guest.workload.dirty_mb_s"]
