@@ -42,6 +42,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -93,7 +94,7 @@ def _worker_reaper():
 def run_trial(job: dict) -> dict:
     """Run one trial in this process; return its outcome, never raising for a failed trial.
 
-    KeyboardInterrupt (Ctrl-C, a cancelled Ray task) is not a trial failure: it propagates, and
+    KeyboardInterrupt (Ctrl-C under the serial launcher) is not a trial failure: it propagates, and
     ``run_loaded`` removes what it had started.
     """
     from cluster.config import resolved_doc, validate_doc
@@ -129,7 +130,7 @@ def run_trial(job: dict) -> dict:
 
 
 def _remove_tree(path: Path) -> None:
-    """rmtree that a Ray cancel (a KeyboardInterrupt) cannot leave half done; re-raises it after."""
+    """rmtree that a Ctrl-C (a KeyboardInterrupt) cannot leave half done; re-raises it after."""
     interrupted: BaseException | None = None
     for _ in range(5):
         try:
@@ -188,8 +189,8 @@ class RayLauncher:
 
     ``address=None`` starts an embedded local Ray (stopped at the end), ``auto`` or ``HOST:PORT``
     joins a cluster (only disconnects); an already initialised Ray is reused and left up.
-    Interrupted, it cancels the tasks in flight (a KeyboardInterrupt in each, so each cleans up),
-    still commits those that finish within ``grace_s``, then force-cancels the rest.
+    Interrupted, it submits nothing more, commits the trials in flight that finish within
+    ``grace_s`` and leaves the rest to die with the session (see ``_wind_down``).
     """
 
     name = "ray"
@@ -253,10 +254,15 @@ class RayLauncher:
             return failed_outcome(job, _one_line(exc), str(exc))
 
     def _wind_down(self, inflight: dict[Any, dict], on_done: OnDone) -> None:
+        """Interrupted: commit the trials in flight that finish within ``grace_s`` (a second
+        Ctrl-C stops waiting). The others die with the session: Ray kills a finished job's
+        workers, and each worker's reaper removes its trial's scratch directory. No
+        ``ray.cancel``: a cancel racing a task's completion can abort the driver inside Ray's
+        task manager ("Tried to complete task that was not pending"), seen with Ray 2.x."""
         import ray
 
-        for ref in inflight:
-            ray.cancel(ref, force=False)
+        if inflight:
+            print(f"interrupted: waiting up to {self.grace_s:g} s for {len(inflight)} trial(s) in flight (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
         deadline = time.monotonic() + self.grace_s
         try:
             while inflight and time.monotonic() < deadline:
@@ -266,18 +272,13 @@ class RayLauncher:
                     try:
                         data = ray.get(ref)
                     except ray.exceptions.RayError:
-                        continue  # cancelled: nothing to keep
+                        continue  # its worker died: nothing to keep
                     try:
                         on_done(msgpack.unpackb(data, raw=False))  # it finished: keep it
                     except KeyboardInterrupt:
                         pass
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: stop waiting
-        for ref in inflight:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - best effort while leaving
-                pass
 
 
 def make_launcher(kind: str, address: str | None = None, max_parallel: int | None = None) -> Launcher:
