@@ -452,41 +452,19 @@ class IoBackend(Workload):
 # --- hypercall drivers ---------------------------------------------------------------------------
 
 
-class Balloon(Workload):
-    kind = "balloon"
-
-    CMD = {"decrease": hc.XENMEM_decrease_reservation, "increase": hc.XENMEM_increase_reservation, "populate": hc.XENMEM_populate_physmap}
-
-    def start(self, v, core) -> None:
-        v.wl = {"pc": 0, "rem": 0, "result": None, "done_ns": -1}
-
-    def next_action(self, v, core) -> tuple:
-        w = v.wl
-        at = int(self.p.at_ms * MS)
-        if w["pc"] == 0:
-            if core.now < at:
-                w["pc"] = 0
-                if v.singleshot_ns == NEVER:
-                    return (H, hc.HYPERVISOR_set_timer_op, (at,))
-                return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
-            w["pc"] = 1
-            args = {"extent_start": self.p.first_pfn, "nr_extents": self.p.pages, "extent_order": 0, "domid": self.dom.uid}
-            return (H, hc.HYPERVISOR_memory_op, (self.CMD[self.p.op], 0, args))
-        if w["pc"] == 1:
-            w["result"] = hc.signed(v.regs["rax"])
-            w["done_ns"] = core.now
-            w["pc"] = 2
-        if self.p.then == "cpu":
-            return (A, HUGE_NS)
-        return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
-
-
 class Hcall(Workload):
+    """One hypercall at ``at_ms`` (sleeping on a singleshot timer until then); its result and
+    completion time are kept in the vCPU's workload state. Then burn CPU or block."""
+
     kind = "hcall"
 
     def start(self, v, core) -> None:
         v.wl = {"pc": 0, "rem": 0, "result": None, "done_ns": -1}
 
+    def call(self) -> tuple:
+        """(hypercall number, arguments) of the one call."""
+        return self.p.nr, tuple(self.p.args) + ((dict(self.p.struct),) if self.p.struct else ())
+
     def next_action(self, v, core) -> tuple:
         w = v.wl
         at = int(self.p.at_ms * MS)
@@ -496,7 +474,7 @@ class Hcall(Workload):
                     return (H, hc.HYPERVISOR_set_timer_op, (at,))
                 return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
             w["pc"] = 1
-            return (H, self.p.nr, tuple(self.p.args) + ((dict(self.p.struct),) if self.p.struct else ()))
+            return (H, *self.call())
         if w["pc"] == 1:
             w["result"] = hc.signed(v.regs["rax"])
             w["done_ns"] = core.now
@@ -504,6 +482,18 @@ class Hcall(Workload):
         if self.p.then == "cpu":
             return (A, HUGE_NS)
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
+
+
+class Balloon(Hcall):
+    """A balloon driver's one memory_op: decrease, increase or populate a run of pages."""
+
+    kind = "balloon"
+
+    CMD = {"decrease": hc.XENMEM_decrease_reservation, "increase": hc.XENMEM_increase_reservation, "populate": hc.XENMEM_populate_physmap}
+
+    def call(self) -> tuple:
+        args = {"extent_start": self.p.first_pfn, "nr_extents": self.p.pages, "extent_order": 0, "domid": self.dom.uid}
+        return hc.HYPERVISOR_memory_op, (self.CMD[self.p.op], 0, args)
 
 
 class PingPong(Workload):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.config import load_config, validate_doc, resolved_doc
@@ -42,3 +43,13 @@ def simulate_file(path, backend: str = "inline", overrides=None, **kw):
 
 def cpu_pct(summary: dict) -> dict[str, float]:
     return {d["name"]: d["cpu_pct"] for d in summary["domains"] if not d["dom0"]}
+
+
+def run_ivs(res, host: str = "h0") -> dict[int, list]:
+    """vid -> [(start_ns, end_ns, pcpu)] from a run's trace (the intervals each vCPU ran)."""
+    out: dict[int, list] = {}
+    for r in res.reports[host]:
+        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
+        for s, e, v in tr.tolist():
+            out.setdefault(v, []).append((s, e, r["pcpu"]))
+    return out

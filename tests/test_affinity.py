@@ -5,24 +5,14 @@ the same trace inline and on Ray."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from hosts.sched import REGISTRY
 
-from conftest import simulate
+from conftest import run_ivs, simulate
 
 MS = 1_000_000
 SCHEDULERS = sorted(REGISTRY)
-
-
-def run_ivs(res, host="h0"):
-    out: dict[int, list] = {}
-    for r in res.reports[host]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        for s, e, v in tr.tolist():
-            out.setdefault(v, []).append((s, e, r["pcpu"]))
-    return out
 
 
 def px_scheduler(name: str) -> dict:

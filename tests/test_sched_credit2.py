@@ -15,21 +15,11 @@ import pytest
 from cluster.config import ConfigError
 from hosts.sched.credit2 import Credit2Params, runqueue_map
 
-from conftest import CONFIGS, cpu_pct, simulate, simulate_file
+from conftest import CONFIGS, cpu_pct, run_ivs, simulate, simulate_file
 
 VAL = CONFIGS / "validation"
 TOL = 2.0
 MS = 1_000_000
-
-
-def run_ivs(res, host="h0"):
-    """vid -> [(start_ns, end_ns, pcpu)] from the run trace."""
-    out: dict[int, list] = {}
-    for r in res.reports[host]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        for s, e, v in tr.tolist():
-            out.setdefault(v, []).append((s, e, r["pcpu"]))
-    return out
 
 
 def uid_of(res, name):

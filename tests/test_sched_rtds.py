@@ -8,24 +8,14 @@ period by period from the run trace.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from cluster.config import ConfigError
 
-from conftest import CONFIGS, cpu_pct, simulate, simulate_file
+from conftest import CONFIGS, cpu_pct, run_ivs, simulate, simulate_file
 
 VAL = CONFIGS / "validation"
 MS = 1_000_000
-
-
-def run_ivs(res, host="h0"):
-    out: dict[int, list] = {}
-    for r in res.reports[host]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        for s, e, v in tr.tolist():
-            out.setdefault(v, []).append((s, e, r["pcpu"]))
-    return out
 
 
 def deadline_misses(res, doc_domains) -> dict[str, int]:
