@@ -102,7 +102,6 @@ class Arinc653Scheduler(PcpuScheduler):
     def __init__(self, ctx, params: Arinc653Params):
         super().__init__(ctx, params)
         self.pc = Arinc653Pcpu(ctx.now)
-        self.pool = frozenset(ctx.view.cpus)
         if params.schedule is not None:
             self.spec = [(e.domain, e.vcpu, _ns(e.runtime_ms)) for e in params.schedule]
             total = sum(rt for _, _, rt in self.spec)
@@ -160,8 +159,7 @@ class Arinc653Scheduler(PcpuScheduler):
         return Decision(v, left)
 
     def pick_pcpu(self, v, commit: bool) -> int:
-        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-        hard = hard or self.pool
+        hard = self.affinity(v)[0]
         cur = v.last_pcpu if v.last_pcpu >= 0 else self.ctx.pcpu
         return cur if cur in hard else min(hard)
 

@@ -85,6 +85,27 @@ class SchedContext(Protocol):
     def set_migrating(self, v: "VcpuState") -> None: ...
 
 
+class UnitRecord:
+    """Per-unit scheduler data with ``__slots__`` that travels with its vCPU as a plain dict."""
+
+    __slots__ = ()
+
+    def to_wire(self) -> dict:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+    @classmethod
+    def from_wire(cls, d: dict):
+        u = cls()
+        for s in cls.__slots__:
+            if s in d:
+                setattr(u, s, d[s])
+        u.restored()
+        return u
+
+    def restored(self) -> None:
+        """Fix up what is only meaningful where the record was written."""
+
+
 class PcpuScheduler:
     """Per-pCPU half of a scheduler. Subclasses set ``name`` and implement the hooks."""
 
@@ -109,6 +130,13 @@ class PcpuScheduler:
     def __init__(self, ctx: SchedContext, params: BaseModel):
         self.ctx = ctx
         self.params = params
+        self.pool = frozenset(ctx.view.cpus)  # the pCPUs of this pCPU's cpupool
+
+    def affinity(self, v: "VcpuState") -> tuple[frozenset, frozenset]:
+        """(hard, soft) masks of v; hard is cut to the pool, and is the whole pool if they do not meet."""
+        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
+        soft = frozenset(v.soft_affinity) if v.soft_affinity else frozenset()
+        return (hard or self.pool, soft)
 
     # --- required --------------------------------------------------------------------------
     def insert(self, v: "VcpuState", stolen: bool = False) -> None:

@@ -45,7 +45,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS, US
-from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, register
+from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
 from hosts.vcpu import make_vid, vid_dom
 
 
@@ -96,7 +96,7 @@ CREDITS_PER_MSEC = 10
 MIN_TIMER_NS = 100 * US  # CSCHED_MIN_TIMER = XEN_SYSCTL_SCHED_RATELIMIT_MIN
 
 
-class CreditVcpu:
+class CreditVcpu(UnitRecord):
     """Per-unit data (Xen's ``struct csched_unit``); travels with the vCPU inside a host."""
 
     __slots__ = ("pri", "credit", "residual", "start_time", "flags", "last_sched_time", "active")
@@ -109,17 +109,6 @@ class CreditVcpu:
         self.flags = 0
         self.last_sched_time = 0
         self.active = False
-
-    def to_wire(self) -> dict:
-        return {s: getattr(self, s) for s in self.__slots__}
-
-    @classmethod
-    def from_wire(cls, d: dict) -> "CreditVcpu":
-        u = cls()
-        for s in cls.__slots__:
-            if s in d:
-                setattr(u, s, d[s])
-        return u
 
 
 class CreditPcpu:
@@ -204,7 +193,6 @@ class CreditScheduler(PcpuScheduler):
         self.timestamp_acct = p.accounting == "timestamp"
         self.boost = p.boost
         self.pc = CreditPcpu()
-        self.pool = frozenset(ctx.view.cpus)
         self._aff_cache: dict[int, tuple[frozenset, frozenset]] = {}
         # init_pdata arms the ticker at NOW() + tick.
         self.pc.tick_armed = True
@@ -214,10 +202,7 @@ class CreditScheduler(PcpuScheduler):
     def _aff(self, v) -> tuple[frozenset, frozenset]:
         a = self._aff_cache.get(v.vid)
         if a is None:
-            hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-            soft = frozenset(v.soft_affinity) if v.soft_affinity else frozenset()
-            a = (hard or self.pool, soft)
-            self._aff_cache[v.vid] = a
+            a = self._aff_cache[v.vid] = self.affinity(v)
         return a
 
     def _burn(self, u: CreditVcpu, now: int) -> None:

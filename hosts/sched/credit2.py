@@ -79,7 +79,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS, NEVER, US
-from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, register
+from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
 from hosts.sched.credit import balance_mask, cycle, has_soft_affinity
 from hosts.vcpu import VPF_MIGRATING, make_vid, vid_dom
 
@@ -203,7 +203,7 @@ def svc_load_at(avg: int, last_u: int, now_u: int, unit_load: int, W: int, P: in
 # ---------------------------------------------------------------------------------------------
 
 
-class Credit2Unit:
+class Credit2Unit(UnitRecord):
     """Per-unit data (``struct csched2_unit``); travels with the vCPU inside a host."""
 
     __slots__ = (
@@ -237,17 +237,8 @@ class Credit2Unit:
         self.migrate_cpu = -1
         self.on_runq = False
 
-    def to_wire(self) -> dict:
-        return {s: getattr(self, s) for s in self.__slots__}
-
-    @classmethod
-    def from_wire(cls, d: dict) -> "Credit2Unit":
-        u = cls()
-        for s in cls.__slots__:
-            if s in d:
-                setattr(u, s, d[s])
-        u.on_runq = False
-        return u
+    def restored(self) -> None:
+        self.on_runq = False
 
 
 class Credit2Pcpu:
@@ -300,7 +291,6 @@ class Credit2Scheduler(PcpuScheduler):
     def __init__(self, ctx, params: Credit2Params):
         super().__init__(ctx, params)
         p = params
-        self.pool = frozenset(ctx.view.cpus)
         self.rqs = runqueue_map(p, ctx.view.cpus)
         self.rq_of = {c: i for i, rq in enumerate(self.rqs) for c in rq}
         rq = self.rq_of[ctx.pcpu]
@@ -319,11 +309,6 @@ class Credit2Scheduler(PcpuScheduler):
         self._cached = ((), (), 1, (), ())
 
     # --- helpers -------------------------------------------------------------------------
-    def _aff(self, v) -> tuple[frozenset, frozenset]:
-        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-        soft = frozenset(v.soft_affinity) if v.soft_affinity else frozenset()
-        return (hard or self.pool, soft)
-
     def _weight(self, v) -> int:
         d = self.ctx.domains.get(v.dom)
         return d.weight if d is not None else DEFAULT_WEIGHT
@@ -547,7 +532,7 @@ class Credit2Scheduler(PcpuScheduler):
             if cur is None:
                 return None
             self._burn(cur, now)
-            _, soft = self._aff(cur)
+            _, soft = self.affinity(cur)
             return (cur.sched.credit, (not soft) or cpu in soft, self._preemptable(cur.state_entry_ns, now))
         info = self.ctx.view.extra.get("cpu", {}).get(cpu)
         if info is None:
@@ -574,7 +559,7 @@ class Credit2Scheduler(PcpuScheduler):
         if cpu != v.sched.processor:
             score -= self.resist
         if score > 0:
-            _, soft = self._aff(v)
+            _, soft = self.affinity(v)
             if not soft or cpu in soft:
                 score += CREDIT_INIT
             if not cur_soft_ok:
@@ -588,7 +573,7 @@ class Credit2Scheduler(PcpuScheduler):
         me = ctx.pcpu
         u = v.sched
         pc = self.pc
-        hard, soft = self._aff(v)
+        hard, soft = self.affinity(v)
         idlers = self._idlers()
         idle = (idlers & self.rq_cpus) - pc.tickled
         ipid = -1
@@ -658,7 +643,7 @@ class Credit2Scheduler(PcpuScheduler):
             self._catch_up(u, pc.gen)
         if not stolen:
             u.processor = me
-        hard, _ = self._aff(v)
+        hard, _ = self.affinity(v)
         if len(hard) == 1:
             u.flags |= F_PINNED
         else:
@@ -727,7 +712,7 @@ class Credit2Scheduler(PcpuScheduler):
         v.sched.flags |= F_YIELD
 
     def adjust_affinity(self, v) -> None:
-        hard, _ = self._aff(v)
+        hard, _ = self.affinity(v)
         if len(hard) == 1:
             v.sched.flags |= F_PINNED
         else:
@@ -762,7 +747,7 @@ class Credit2Scheduler(PcpuScheduler):
         """csched2_res_pick: the least loaded runqueue of the (soft, then hard) affinity, then
         the next pCPU after the runqueue's pick bias."""
         u = v.sched
-        hard, soft = self._aff(v)
+        hard, soft = self.affinity(v)
         if u.migrate_cpu >= 0 and u.migrate_cpu in hard:
             cpu = u.migrate_cpu
             if commit:
@@ -811,7 +796,7 @@ class Credit2Scheduler(PcpuScheduler):
             if not yield_ and not bypass and self.ratelimit and runnable and now - scurr.state_entry_ns < self.ratelimit:
                 return scurr, False
             soft_aff_preempt = False
-            hard, soft = self._aff(scurr)
+            hard, soft = self.affinity(scurr)
             if has_soft_affinity(hard, soft, self.pool):
                 sm = balance_mask(0, hard, soft)
                 if me not in sm:
@@ -824,7 +809,7 @@ class Credit2Scheduler(PcpuScheduler):
             u = v.sched
             if not v.runnable():
                 continue
-            if me not in self._aff(v)[0]:
+            if me not in self.affinity(v)[0]:
                 continue
             if u.tickled_cpu >= 0 and u.tickled_cpu != me:
                 continue  # reserved for the pCPU that was tickled for it
@@ -990,7 +975,7 @@ class Credit2Scheduler(PcpuScheduler):
         pc = self.pc
         cur = ctx.curr
         if cur is not None and isinstance(cur.sched, Credit2Unit):
-            _, soft = self._aff(cur)
+            _, soft = self.affinity(cur)
             ci = (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft)
         else:
             ci = None

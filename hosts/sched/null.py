@@ -104,12 +104,6 @@ class NullScheduler(PcpuScheduler):
     def __init__(self, ctx, params: NullParams):
         super().__init__(ctx, params)
         self.pc = NullPcpu()
-        self.pool = frozenset(ctx.view.cpus)
-
-    def _aff(self, v) -> tuple[frozenset, frozenset]:
-        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-        soft = frozenset(v.soft_affinity) if v.soft_affinity else frozenset()
-        return (hard or self.pool, soft)
 
     # --- ops table -----------------------------------------------------------------------
     def insert(self, v, stolen: bool = False) -> None:
@@ -137,7 +131,7 @@ class NullScheduler(PcpuScheduler):
         u = v.sched
         if isinstance(u, NullUnit) and u.target >= 0:
             return u.target
-        hard, soft = self._aff(v)
+        hard, soft = self.affinity(v)
         me = self.ctx.pcpu
         cur = v.last_pcpu if v.last_pcpu in self.pool else me
         free = frozenset(self.ctx.view.extra.get("free", ()))

@@ -55,7 +55,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import NEVER, US
-from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, register
+from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
 from hosts.sched.credit import cycle
 from hosts.vcpu import VPF_MIGRATING, make_vid
 
@@ -99,7 +99,7 @@ class RtdsVcpuParams(BaseModel):
         return self
 
 
-class RtdsUnit:
+class RtdsUnit(UnitRecord):
     """Per-unit data (``struct rt_unit``); travels with the vCPU between pCPUs."""
 
     __slots__ = ("period", "budget", "cur_budget", "last_start", "cur_deadline", "level", "flags", "on_q", "on_replq")
@@ -115,17 +115,8 @@ class RtdsUnit:
         self.on_q = Q_NONE
         self.on_replq = False
 
-    def to_wire(self) -> dict:
-        return {s: getattr(self, s) for s in self.__slots__}
-
-    @classmethod
-    def from_wire(cls, d: dict) -> "RtdsUnit":
-        u = cls()
-        for s in cls.__slots__:
-            if s in d:
-                setattr(u, s, d[s])
-        u.on_replq = bool(u.on_replq)
-        return u
+    def restored(self) -> None:
+        self.on_replq = bool(self.on_replq)
 
 
 def higher(a: RtdsUnit, b: RtdsUnit) -> bool:
@@ -155,14 +146,9 @@ class RtdsScheduler(PcpuScheduler):
     def __init__(self, ctx, params: RtdsParams):
         super().__init__(ctx, params)
         self.pc = RtdsPcpu()
-        self.pool = frozenset(ctx.view.cpus)
         self._seen_view = None
 
     # --- helpers -------------------------------------------------------------------------
-    def _hard(self, v) -> frozenset:
-        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-        return hard or self.pool
-
     def _new_unit(self, v) -> RtdsUnit:
         dom = self.ctx.domain(v.dom)
         p = dom.vcpu_sched[v.idx] if v.idx < len(dom.vcpu_sched) and dom.vcpu_sched[v.idx] else {}
@@ -283,7 +269,7 @@ class RtdsScheduler(PcpuScheduler):
         me = ctx.pcpu
         u = v.sched
         cur_view = ctx.view.extra.get("cur", {})
-        cpus = sorted(self._hard(v) - self.pc.tickled)
+        cpus = sorted(self.affinity(v)[0] - self.pc.tickled)
         # cpumask_test_or_cycle from this pCPU, then onwards, wrapping
         order = [c for c in cpus if c >= me] + [c for c in cpus if c < me]
         lowest = None  # ((level, deadline), cpu) of the lowest-priority running vCPU
@@ -395,7 +381,7 @@ class RtdsScheduler(PcpuScheduler):
             self._replq_remove(v)
 
     def pick_pcpu(self, v, commit: bool) -> int:
-        hard = self._hard(v)
+        hard = self.affinity(v)[0]
         cur = v.last_pcpu if v.last_pcpu >= 0 else self.ctx.pcpu
         return cur if cur in hard else cycle(cur, hard)
 
@@ -409,7 +395,7 @@ class RtdsScheduler(PcpuScheduler):
             self._burn(curr, now)
         snext = None
         for v in list(pc.runq):
-            if me not in self._hard(v):
+            if me not in self.affinity(v)[0]:
                 continue
             if v.runnable():
                 snext = v
