@@ -44,6 +44,7 @@ from hosts.domain import DomainInfo, EvtchnBinding
 from hosts.memory import HostMemory
 from hosts.pcpu import XFER_PLACE, PcpuCore
 from hosts.sched import get as get_sched
+from hosts.sched.messages import Give
 from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
 
 PAGE_NOTAB = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
@@ -321,8 +322,8 @@ class HostEngine:
             instr = ps.boundary(self.now, {c: summaries[c] for c in ps.cpus}, list(reqs), first_round)
             for c, items in instr.items():
                 for it in items:
-                    if it[0] == "give":
-                        gives.setdefault(c, []).append(it)
+                    if type(it) is Give:
+                        gives.setdefault(c, []).append(("give", it.vid, it.to_pcpu))
                     else:
                         pool_items.setdefault(c, []).append(("pool", it))
         inbox: dict[int, list] = {}

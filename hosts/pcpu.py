@@ -40,7 +40,7 @@ from hosts.codec import pack_vcpu, unpack_vcpu
 from hosts.domain import DomainInfo
 from hosts.events import PRIO_GUEST, PRIO_TIMER, EventQueue
 from hosts.paging import PagingCosts, PagingModel
-from hosts.sched.base import PoolView
+from hosts.sched.messages import PoolView
 from hosts.vcpu import (
     RUNSTATE_BLOCKED,
     RUNSTATE_OFFLINE,

@@ -13,7 +13,8 @@ Its name and the FIFOs' paths are unlinked as soon as every pCPU has opened them
 open descriptors stay valid, and nothing is left in /dev/shm or on disk whatever happens to
 the processes afterwards.
 
-Messages are msgpack (``use_list=False``: sequences come back as tuples); never pickle.
+Messages are msgpack through ``hosts.wire`` (named message types survive; sequences come back
+as tuples); never pickle.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import traceback
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any, Callable
 
-import msgpack
+from hosts.wire import packb, unpackb
 
 SLOT_BYTES = 8 << 20  # per pCPU and direction; tmpfs backs only the pages touched
 HDR = struct.Struct("<Q")
@@ -36,14 +37,6 @@ POLL_S = 2.0
 
 class TransportError(RuntimeError):
     pass
-
-
-def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpackb(data) -> Any:
-    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
 
 
 def mailbox_bytes(nr_pcpus: int) -> int:

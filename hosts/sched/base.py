@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 from hosts.clock import NEVER
+from hosts.sched.messages import Give, PoolView
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.domain import DomainInfo
@@ -45,22 +46,6 @@ class Decision:
     vcpu: "VcpuState | None"
     next_time_ns: int
     migrated: bool = False
-
-
-class PoolView:
-    """What a pCPU knows of its pool, refreshed at every epoch boundary.
-
-    ``idlers`` is Xen's pool idle mask as of the last boundary, plus the pCPU's own changes
-    since (tickling an idler removes it at once, as Xen's ``__runq_tickle`` does).
-    """
-
-    __slots__ = ("cpus", "idlers", "epoch", "extra")
-
-    def __init__(self, cpus: tuple[int, ...]):
-        self.cpus = cpus
-        self.idlers: set[int] = set(cpus)
-        self.epoch = 0  # Credit's runq_sort epoch
-        self.extra: dict = {}
 
 
 class SchedContext(Protocol):
@@ -233,7 +218,7 @@ class PoolScheduler:
         """Pool-wide work at a boundary; returns instructions per pCPU.
 
         ``steal_reqs`` are ``(time_ns, pcpu, pri)`` in total order. Instructions are tuples the
-        engine understands (``("give", vid, to_pcpu)``) or the scheduler's own, passed to the
+        engine understands (:class:`hosts.sched.messages.Give`) or the scheduler's own, passed to the
         pCPU half's ``apply_pool``.
         """
         return {}

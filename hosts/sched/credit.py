@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS, US
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
+from hosts.sched.messages import Give
 from hosts.vcpu import make_vid, vid_dom
 
 
@@ -690,7 +691,7 @@ class CreditPool(PoolScheduler):
             state[peer][3] -= 1
             me[0], me[1] = vid, vpri
             me[3] += 1
-            out.setdefault(peer, []).append(("give", vid, cpu))
+            out.setdefault(peer, []).append(Give(vid, cpu))
 
     _now = 0
 

@@ -80,6 +80,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS, NEVER, US
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
+from hosts.sched.messages import Give
 from hosts.sched.credit import balance_mask, cycle, has_soft_affinity
 from hosts.vcpu import VPF_MIGRATING, make_vid, vid_dom
 
@@ -1444,7 +1445,7 @@ class Credit2Pool(PoolScheduler):
 
         def give(vid: int, holder: int, to: int, why: str) -> None:
             self.moves[why] += 1
-            out.setdefault(holder, []).append(("give", vid, to))
+            out.setdefault(holder, []).append(Give(vid, to))
             self.inflight[vid] = to
             moved.add(vid)
             busy_target.add(to)

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import NEVER, US
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, UnitRecord, register
+from hosts.sched.messages import Give
 from hosts.sched.credit import cycle
 from hosts.vcpu import VPF_MIGRATING, make_vid
 
@@ -610,7 +611,7 @@ class RtdsPool(PoolScheduler):
                 if cur is None or cur[2] != vid:
                     out.setdefault(cpu, []).append(("resched",))
             else:
-                out.setdefault(holder, []).append(("give", vid, cpu))
+                out.setdefault(holder, []).append(Give(vid, cpu))
                 self.inflight[vid] = cpu
         self._refresh_view(running, units)
 
