@@ -343,7 +343,7 @@ class HostEngine:
         self.rounds_here = 0
         idle = self.idle
         for ps in self.pools.values():
-            v = ("view", tuple(x for x in ps.cpus if idle[x]), getattr(ps, "runq_sort", 0), ps.view_extra())
+            v = ("view", tuple(x for x in ps.cpus if idle[x]), ps.view_epoch(), ps.view_extra())
             for c in ps.cpus:
                 if self.sent_view.get(c) != v:
                     self.sent_view[c] = v

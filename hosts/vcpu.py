@@ -11,6 +11,8 @@ host) and between hosts (live migration), always as a msgpack record (see ``host
 
 from __future__ import annotations
 
+from typing import Any
+
 from hosts.clock import NEVER
 
 # Runstates, numbered as Xen's public vcpu.h.
@@ -101,7 +103,8 @@ class VcpuState:
         self.wl: dict = {}
         self._rng = None  # numpy Generator of the workload (see the ``rng`` property)
         self._rng_words = None  # its state while it was not needed since the last move
-        self.sched: dict = {}
+        #: the scheduler's per-unit record while the vCPU is on a pCPU (a plain dict on the wire)
+        self.sched: Any = {}
         self.wake_ns = -1
         self.last_pcpu = -1
         self.hard_affinity = tuple(hard_affinity)

@@ -231,6 +231,10 @@ class PoolScheduler:
         """Extra pool state broadcast to every pCPU's view at each boundary."""
         return {}
 
+    def view_epoch(self) -> int:
+        """The pool's sort epoch broadcast in every view (Credit's runq_sort; 0 otherwise)."""
+        return 0
+
     def dump(self) -> dict:
         return {}
 

@@ -581,6 +581,9 @@ class CreditPool(PoolScheduler):
     def next_due(self, now: int) -> int:
         return self.next_acct
 
+    def view_epoch(self) -> int:
+        return self.runq_sort
+
     def view_extra(self) -> dict:
         return {}
 
