@@ -19,6 +19,19 @@ from hosts.clock import NEVER
 from hosts.domain import DomainInfo
 
 from cluster.config import Plan, TimedEvent
+from cluster.config.schema import (
+    CutLinkAction,
+    DestroyAction,
+    FailHostAction,
+    MigrateAction,
+    PauseAction,
+    PinAction,
+    PoolMoveAction,
+    RestoreLinkAction,
+    SetAction,
+    UnpauseAction,
+)
+from cluster.errors import HostLost, ManagerError, RunIncomplete
 from cluster.network import Network
 
 
@@ -27,20 +40,6 @@ class HostHandle(Protocol):
 
     def submit(self, method: str, *args: Any) -> Any: ...
     def result(self, fut: Any) -> Any: ...
-
-
-class ManagerError(RuntimeError):
-    pass
-
-
-class RunIncomplete(RuntimeError):
-    """Hosts were lost (their Ray node died): the run stops at ``now``."""
-
-    def __init__(self, hosts: list[str], now: int, why: str):
-        super().__init__(f"lost host(s) {', '.join(hosts)} at simulated time {now / 1e9:.6f} s: {why}")
-        self.hosts = hosts
-        self.now = now
-        self.why = why
 
 
 class DomainManager:
@@ -87,7 +86,7 @@ class DomainManager:
 
     def _maybe_lost(self, errors: list) -> None:
         """A host whose actors died with their node: abort what involves it, stop the run."""
-        lost = [(h, e) for h, e in errors if type(e).__name__ == "HostLost"]
+        lost = [(h, e) for h, e in errors if isinstance(e, HostLost)]
         if not lost:
             return
         for h, _e in lost:
@@ -168,7 +167,7 @@ class DomainManager:
     def _act(self) -> None:
         while self.events and self.events[0].at_ns <= self.now:
             ev = self.events.pop(0)
-            if ev.kind in ("fail_host", "cut_link", "restore_link"):
+            if isinstance(ev.action, (FailHostAction, CutLinkAction, RestoreLinkAction)):
                 self.apply_cluster_event(ev)
             else:
                 self.apply_event(ev)
@@ -183,53 +182,59 @@ class DomainManager:
                     self.activities.remove(a)
 
     def apply_event(self, ev: TimedEvent) -> None:
-        args = ev.args
-        uid = self.uid(args["domain"])
+        act = ev.action
+        name = getattr(act, "domain")
+        uid = self.uid(name)
         host = self.where[uid]
-        entry = {"at_ns": self.now, "event": ev.kind, "domain": args["domain"], "host": host}
+        entry = {"at_ns": self.now, "event": ev.kind, "domain": name, "host": host}
         if uid in self.destroyed:
             entry["skipped"] = "domain destroyed"
         elif uid in self.lost:
             entry["skipped"] = "domain lost with its host"
         elif any(getattr(m, "uid", None) == uid and not m.done for m in self.activities):
             entry["skipped"] = "domain is being migrated"
-        elif ev.kind == "pin":
-            self.call(host, "set_affinity", uid, args["vcpu"], args["hard"], args.get("soft") or [])
-        elif ev.kind == "set":
-            changes = {k: args[k] for k in ("weight", "cap") if args.get(k) is not None}
+        elif isinstance(act, PinAction):
+            self.call(host, "set_affinity", uid, act.vcpu, act.hard, act.soft)
+        elif isinstance(act, SetAction):
+            changes = {k: v for k, v in (("weight", act.weight), ("cap", act.cap)) if v is not None}
             self.call(host, "adjust_domain", uid, changes)
             for k, v in changes.items():
                 setattr(self.domains[uid], k, v)
-        elif ev.kind == "pause":
+        elif isinstance(act, PauseAction):
             self.call(host, "pause_domain", uid)
-        elif ev.kind == "unpause":
+        elif isinstance(act, UnpauseAction):
             self.call(host, "unpause_domain", uid)
-        elif ev.kind == "destroy":
+        elif isinstance(act, DestroyAction):
             self.call(host, "pause_domain", uid)
             self.call(host, "kill_domain", uid)
             self.destroyed.add(uid)
-        elif ev.kind == "migrate":
-            self.start_migration(uid, args, entry)
-        elif ev.kind == "move_pool":
-            entry["detail"] = f"to pool {args['pool']}"
+        elif isinstance(act, MigrateAction):
+            self.start_migration(uid, act, entry)
+        elif isinstance(act, PoolMoveAction):
+            entry["detail"] = f"to pool {act.pool}"
             self.call(host, "pause_domain", uid)
             self.wait_settled(host, uid)
-            self.call(host, "move_domain_pool", uid, args["pool"])
+            self.call(host, "move_domain_pool", uid, act.pool)
+        else:
+            raise ManagerError(f"event {ev.kind!r} is not a domain event")
         self.log.append(entry)
 
     def apply_cluster_event(self, ev: TimedEvent) -> None:
         """Events about hosts and links rather than one domain."""
-        args = ev.args
-        entry = {"at_ns": self.now, "event": ev.kind, "domain": "", "host": args.get("host", "")}
-        if ev.kind == "fail_host":
-            self.fail_host(args["host"], entry)
-        elif ev.kind in ("cut_link", "restore_link"):
-            up = ev.kind == "restore_link"
-            entry["detail"] = f"{args['a']}-{args['b']}"
-            broken = self.net.set_link(args["a"], args["b"], up, self.now)
+        act = ev.action
+        entry = {"at_ns": self.now, "event": ev.kind, "domain": "", "host": ""}
+        if isinstance(act, FailHostAction):
+            entry["host"] = act.host
+            self.fail_host(act.host, entry)
+        elif isinstance(act, (CutLinkAction, RestoreLinkAction)):
+            up = isinstance(act, RestoreLinkAction)
+            entry["detail"] = f"{act.a}-{act.b}"
+            broken = self.net.set_link(act.a, act.b, up, self.now)
             for m in list(self.activities):
                 if getattr(m, "fid", None) in broken:
-                    m.abort(self.now, f"link {args['a']}-{args['b']} cut")
+                    m.abort(self.now, f"link {act.a}-{act.b} cut")
+        else:
+            raise ManagerError(f"event {ev.kind!r} is not a cluster event")
         self.log.append(entry)
 
     def fail_host(self, host: str, entry: dict) -> None:
@@ -253,17 +258,15 @@ class DomainManager:
             self.call_all("run_until", self.now)
 
     # --- migrations ------------------------------------------------------------------------------
-    def start_migration(self, uid: int, args: dict, entry: dict) -> None:
+    def start_migration(self, uid: int, act: MigrateAction, entry: dict) -> None:
         from cluster.migration import Migration
 
         self._mig_seq += 1
         mid = f"m{self._mig_seq}-{self.domains[uid].name}"
-        params = dict(self.plan.migration_defaults)
-        params.update({k: v for k, v in args.items() if k not in ("domain", "to", "policy") and v is not None})
-        m = Migration(self, uid, args["to"], args.get("policy") or "xen", params, self.now, mid)
+        m = Migration(self, uid, act.to, act.policy, act.over(self.plan.migration_defaults), self.now, mid)
         self.activities.append(m)
         self.migrations.append(m)
-        entry["detail"] = f"{mid} to {args['to']} ({m.policy.name})"
+        entry["detail"] = f"{mid} to {act.to} ({m.policy.name})"
         m.step(self.now)
 
     def migration_done(self, m) -> None:

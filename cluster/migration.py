@@ -48,6 +48,8 @@ import numpy as np
 from hosts.clock import MS, NEVER, US
 from hosts.codec import MAX_BATCH_PAGES, REC_DOMAIN, REC_END, REC_VCPU, header, pack_record
 
+from cluster.config.schema import MigrationCfg
+
 PAGE = 4096
 PAGE_RECORD_HDR = 16  # type, length, count, padding
 PFN_ENTRY = 8
@@ -60,10 +62,6 @@ LEGACY_MAX_FACTOR = 3
 LEGACY_START_MBIT = 100
 LEGACY_MAX_MBIT = 500
 SETTLE_NS = 10 * US
-
-
-class MigrationRefused(RuntimeError):
-    pass
 
 
 @dataclass
@@ -130,7 +128,7 @@ class XenLegacyPolicy(Policy):
 
     def __init__(self, m):
         super().__init__(m)
-        self.rate_limit = m.params.get("rate_limit", False)
+        self.rate_limit = m.params.rate_limit
         self.mbit_rate = LEGACY_START_MBIT if self.rate_limit else None
         self.sent_last = 0
         self.total_sent = 0
@@ -173,8 +171,8 @@ class DowntimeTargetPolicy(Policy):
 
     def __init__(self, m):
         super().__init__(m)
-        self.max_downtime_ns = int(m.params.get("max_downtime_ms", 300) * MS)
-        self.max_rounds = int(m.params.get("max_rounds", 30))
+        self.max_downtime_ns = int(m.params.max_downtime_ms * MS)
+        self.max_rounds = m.params.max_rounds
 
     def after_round(self, rnd, clean):
         d = clean()
@@ -227,7 +225,7 @@ class Outcome:
 class Migration:
     """One live migration, as a state machine stepped by the domain manager."""
 
-    def __init__(self, mgr, uid: int, dst: str, policy: str, params: dict, now: int, mid: str):
+    def __init__(self, mgr, uid: int, dst: str, policy: str, params: MigrationCfg, now: int, mid: str):
         self.mgr = mgr
         self.uid = uid
         self.src = mgr.where[uid]
@@ -394,7 +392,7 @@ class Migration:
         res = self.mgr.call_blob(self.dst, "restore_incoming", self.records_fut, self.uid)
         self.out.memory_match = res["memory_digest"] == self.src_digest
         self.out.vcpu_match = res["vcpu_digest"] == hashlib.blake2b(b"".join(self.records), digest_size=16).hexdigest()
-        self.t_next = now + int(self.params.get("resume_us", 0) * US)
+        self.t_next = now + int(self.params.resume_us * US)
         self.state = "unpause"
         if self.t_next == now:
             self._st_unpause(now)

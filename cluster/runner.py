@@ -21,20 +21,10 @@ from cluster.backends.inline import InlineBackend
 from cluster.config import ClusterConfig, Plan, build_plan, config_digest, load_config
 from cluster.manager import DomainManager
 from cluster.metrics import build_summary, vcpu_rows
+from cluster.errors import Interrupted, RunIncomplete, RunLost
 from cluster.results import RunDir, write_run
 
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so every ``finally`` runs."""
-
-
-class RunLost(RuntimeError):
-    """Hosts were lost with their Ray node: the run was written incomplete to ``out``."""
-
-    def __init__(self, msg: str, out: Path | None, summary: dict):
-        super().__init__(msg)
-        self.out = out
-        self.summary = summary
+__all__ = ["Interrupted", "RunLost", "RunResult", "run_config", "run_loaded"]
 
 
 @dataclass
@@ -131,8 +121,6 @@ def run_loaded(
             session.note_children()
         else:
             raise ValueError(f"unknown backend {backend!r}; use ray or inline")
-        from cluster.manager import RunIncomplete
-
         incomplete = None
         t1 = startup_end = None
         t_setup = time.perf_counter()

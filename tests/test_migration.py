@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cluster.config import MigrationCfg
 from cluster.migration import DowntimeTargetPolicy, RoundStats, XenLegacyPolicy, XenPolicy
 from hosts.vcpu import make_vid
 
@@ -47,7 +48,7 @@ def mig(summary, name=None):
 def drive(policy_cls, dirty, sent=None, skipped=None, p2m=100_000, params=None, durations=None):
     """Feed a policy the round-by-round figures; return (live rounds, CLEANs done, reason, caps)."""
     caps = []
-    m = SimpleNamespace(params=params or {}, dom={"max_pages": p2m}, start_ns=0, set_cap=caps.append, carry_final=False)
+    m = SimpleNamespace(params=MigrationCfg(**(params or {})), dom={"max_pages": p2m}, start_ns=0, set_cap=caps.append, carry_final=False)
     pol = policy_cls(m)
     cleans = 0
     t = 0

@@ -25,21 +25,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from hosts.host import HostEngine, make_core
 from hosts.memory import HostMemory, buffer_size
 
-from cluster.errors import PlacementError
+from cluster.errors import HostLost, ManagerError, PlacementError, RunIncomplete
 from cluster.backends.shm import Doorbells, Segment, ShmPorts, packb, serve, unpackb
 from cluster.config import Plan, build_plan, host_spec, validate_doc
 
 ACTOR_CPUS = 0.01  # a logical share: pCPU actors are many and mostly wait on their doorbell
 PLACEMENT_TIMEOUT_S = 10.0
-
-
-class HostLost(RuntimeError):
-    """A host's actors died with their Ray node (or a pCPU actor died)."""
-
-    def __init__(self, host: str, why: str):
-        super().__init__(f"host {host}: {why}")
-        self.host = host
-        self.why = why
 
 
 LOST_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
@@ -214,8 +205,6 @@ class ManagerActor:
         self.mgr = DomainManager(plan, {name: RayHost(name, m) for name, m in masters.items()})
 
     def call(self, method: str, args: tuple) -> bytes:
-        from cluster.manager import ManagerError, RunIncomplete
-
         try:
             return packb({"ok": _plain(getattr(self.mgr, method)(*args))})
         except RunIncomplete as exc:  # known outcomes travel as data, not as pickled exceptions
@@ -232,8 +221,6 @@ class ManagerHandle:
 
     def __getattr__(self, method: str):
         def call(*args):
-            from cluster.manager import ManagerError, RunIncomplete
-
             res = unpackb(ray.get(self.actor.call.remote(method, args)))
             err = res.get("error")
             if err == "RunIncomplete":

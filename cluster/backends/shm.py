@@ -30,13 +30,11 @@ from typing import Any, Callable
 
 from hosts.wire import packb, unpackb
 
+from cluster.errors import TransportError
+
 SLOT_BYTES = 8 << 20  # per pCPU and direction; tmpfs backs only the pages touched
 HDR = struct.Struct("<Q")
 POLL_S = 2.0
-
-
-class TransportError(RuntimeError):
-    pass
 
 
 def mailbox_bytes(nr_pcpus: int) -> int:

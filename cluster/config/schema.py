@@ -1,0 +1,289 @@
+"""The config schema: typed pydantic models of everything a config file may say.
+
+Every field is typed, described and carries its unit in its name; unknown keys are errors.
+A scheduler's parameters are the model at the top of its module (``hosts/sched/``) and a
+workload's at the top of ``hosts/workload.py``; they are gathered here into discriminated
+unions, so an unknown scheduler or workload name is an error that lists the known ones.
+Defaults live here and nowhere else: the runtime reads these models, never re-defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import hosts.sched as sched_registry
+from hosts.workload import WORKLOADS
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _union(models: tuple, key: str):
+    if len(models) == 1:
+        return Annotated[models[0], Field(discriminator=key)]
+    return Annotated[Union[models], Field(discriminator=key)]  # type: ignore[valid-type]
+
+
+SchedulerCfg = _union(tuple(e.params for e in sched_registry.REGISTRY.values()), "name")
+WorkloadCfg = _union(tuple(p for p, _ in WORKLOADS.values()), "kind")
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def default_scheduler() -> Any:
+    """Credit2, Xen's default since 4.12."""
+    return sched_registry.get("credit2").params()
+
+
+class RunCfg(_M):
+    seed: int = Field(0, ge=0, lt=1 << 63, description="Root seed; every entity derives its own stream from it and its name.")
+    duration_ms: float = Field(1000.0, gt=0, le=1e9, description="Simulated time to run, in ms.")
+    epoch_us: float = Field(
+        1000.0, ge=1, le=1e6, description="Epoch length in us: cross-pCPU effects (wakes, tickles, steals) are delivered at epoch boundaries."
+    )
+    skip_quiet_epochs: bool = Field(True, description="Skip boundaries at which provably nothing can happen (results are identical).")
+    trace_max_events: int = Field(2_000_000, ge=0, description="Run intervals kept per pCPU for the Perfetto trace (the digest covers all).")
+    control_period_ms: float = Field(100.0, gt=0, description="Longest simulated stretch hosts run between domain-manager steps, in ms.")
+    debug_checks: bool = Field(False, description="Check the scheduler contract at every context switch (slower; for tests).")
+    boundary_rounds: int = Field(
+        16,
+        ge=0,
+        le=64,
+        description="Micro-rounds per epoch boundary: what a delivery causes (a tickle, a steal) is itself delivered at the same instant, up to this many times; 0 delivers it with the next epoch (faster, less faithful).",
+    )
+
+
+class HypercallCostsCfg(_M):
+    entry_ns: int = Field(150, ge=1, description="Cost of entering and leaving Xen for any hypercall, in ns.")
+    evtchn_send_ns: int = Field(300, ge=0, description="EVTCHNOP_send, in ns.")
+    sched_op_ns: int = Field(200, ge=0, description="SCHEDOP_yield/block/poll, in ns.")
+    set_timer_ns: int = Field(200, ge=0, description="set_timer_op, in ns.")
+    memop_extent_ns: int = Field(250, ge=1, description="One 4 KiB extent of memory_op (increase/decrease/populate), in ns.")
+    mmu_update_ns: int = Field(180, ge=1, description="One validated PTE write of mmu_update (PV), in ns.")
+    mmuext_ns: int = Field(400, ge=1, description="One mmuext_op request (PV), in ns.")
+
+
+class PagingCostsCfg(_M):
+    """Costs of memory virtualisation, per paging mode, in ns (see hosts/paging.py)."""
+
+    pt_update_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 450, "hvm-shadow": 1450, "hvm-hap": 260},
+        description="One guest page-table update: PV validated mmu_update, shadow trap+emulate, HAP plain write.",
+    )
+    page_fault_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 900, "hvm-shadow": 2700, "hvm-hap": 480}, description="One guest page fault."
+    )
+    cr3_switch_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"pv": 650, "hvm-shadow": 2300, "hvm-hap": 420}, description="One guest address-space switch."
+    )
+    walk_ref_ns: float = Field(1.2, gt=0, description="One page-walk memory reference, averaged (upper levels cached).")
+    dram_ns: float = Field(85.0, gt=0, description="One random access missing the data caches.")
+    tlb_entries: int = Field(1536, ge=1, description="Second-level TLB entries.")
+    logdirty_fault_ns: dict[Literal["hvm-shadow", "hvm-hap"], int] = Field(
+        default_factory=lambda: {"hvm-hap": 1700, "hvm-shadow": 2600},
+        description="First write to a page per log-dirty round: EPT violation (HAP) or write-protect fault (shadow, and PV in shadow mode).",
+    )
+    shadow_rebuild_ns: float = Field(900.0, ge=0, description="Rebuilding one page's shadow entry after a CLEAN discarded all shadows.")
+
+
+class PoolCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Pool name (Xen's Pool-0 holds dom0).")
+    cpus: list[int] = Field(min_length=1, description="pCPU ids of this host in the pool.")
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="The pool's scheduler and its parameters.")  # type: ignore[valid-type]
+
+
+class Dom0Cfg(_M):
+    vcpus: int = Field(1, ge=1, le=512, description="vCPUs of Domain-0.")
+    mem_mib: int = Field(256, ge=1, description="Memory of Domain-0, in MiB.")
+    weight: int = Field(256, ge=1, le=65535, description="Scheduler weight of Domain-0.")
+    cap: int = Field(0, ge=0, description="Cap of Domain-0 in % of one pCPU (0 = none).")
+    pin: bool = Field(False, description="Pin dom0 vCPU i to pCPU i (dom0_vcpus_pin).")
+
+
+class PlacementCfg(_M):
+    """Where a host's pCPU actors go under Ray (they always stay together on one node)."""
+
+    node: Literal["any", "spread"] = Field("any", description="any: wherever Ray has room; spread: one simulated host per Ray node where possible.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources the node must offer for this host (ray start --resources), e.g. {zone_a: 1}.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels the node must carry (ray start --labels), e.g. {rack: r1}.")
+
+
+class HostCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Host name, unique in the cluster.")
+    pcpus: int = Field(ge=1, le=1024, description="Physical CPUs; each one is a Ray actor under the Ray backend.")
+    mem_mib: int = Field(4096, ge=1, le=1 << 24, description="Host RAM in MiB.")
+    full_memory: bool = Field(False, description="Keep the 4 KiB of every page (default: an 8-byte content tag per page).")
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="Scheduler of the host's single pool (when 'pools' is not given).")  # type: ignore[valid-type]
+    pools: Optional[list[PoolCfg]] = Field(None, description="cpupools: split the host's pCPUs, each pool with its own scheduler.")
+    dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
+    hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
+    nic_mbit_s: Optional[float] = Field(None, gt=0, description="Capacity of the host's network interface, shared by all its transfers, in Mbit/s (default: no limit beyond the links).")
+    placement: PlacementCfg = Field(default_factory=PlacementCfg, description="Ray placement of this host's pCPU actors (ignored by the inline backend).")
+    paging_costs: PagingCostsCfg = Field(default_factory=PagingCostsCfg, description="Costs of PV / shadow / HAP memory virtualisation.")
+    preempt_hypercalls: bool = Field(True, description="Xen's hypercall_preempt_check; false lets long hypercalls run to completion (a reference for experiments).")
+
+
+Affinity = Union[list[int], list[list[int]]]
+
+
+class DomainCfg(_M):
+    name: str = Field(pattern=NAME_PATTERN, description="Domain name, unique in the cluster.")
+    host: str = Field(description="Name of the host the domain starts on.")
+    pool: Optional[str] = Field(None, description="cpupool of the host (default: the first).")
+    vcpus: int = Field(1, ge=1, le=512, description="Number of vCPUs.")
+    mem_mib: int = Field(256, ge=1, description="Guest memory in MiB.")
+    max_mem_mib: Optional[int] = Field(None, ge=1, description="Upper bound for ballooning up, in MiB (default: mem_mib).")
+    weight: int = Field(256, ge=1, le=65535, description="Scheduler weight (Credit/Credit2), per vCPU.")
+    cap: int = Field(0, ge=0, description="Cap in % of one pCPU for the whole domain (0 = none); at most 100 x vCPUs.")
+    paging: Literal["pv", "hvm-shadow", "hvm-hap"] = Field("hvm-hap", description="Memory virtualisation mode.")
+    hard_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs may run on: one list for all, or one list per vCPU.")
+    soft_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs prefer: one list for all, or one list per vCPU.")
+    workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")  # type: ignore[valid-type]
+    vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")  # type: ignore[valid-type]
+    start_paused: bool = Field(False, description="Create the domain paused (unpause with an event).")
+    sched: Optional[dict[str, Any]] = Field(
+        None, description="Per-vCPU scheduler parameters for all vCPUs, checked against the pool's scheduler (e.g. RTDS: period_us, budget_us, extratime)."
+    )
+    vcpu_sched: Optional[list[dict[str, Any]]] = Field(None, description="Per-vCPU scheduler parameters, one entry per vCPU (instead of 'sched').")
+
+
+class LinkCfg(_M):
+    a: str = Field(description="One host.")
+    b: str = Field(description="The other host.")
+    bandwidth_mbit_s: float = Field(gt=0, description="Bandwidth in Mbit/s (decimal: 1000 = 1 Gbit/s).")
+    latency_us: float = Field(100.0, ge=0, description="One-way latency in us.")
+
+
+class NetworkCfg(_M):
+    default_bandwidth_mbit_s: float = Field(1000.0, gt=0, description="Bandwidth of host pairs without a 'links' entry, in Mbit/s.")
+    default_latency_us: float = Field(100.0, ge=0, description="Latency of host pairs without a 'links' entry, in us.")
+
+
+class MigrationCfg(_M):
+    resume_us: float = Field(0.0, ge=0, description="Toolstack work between the destination having every record and unpausing the domain (counted in the downtime), in us.")
+    max_downtime_ms: float = Field(300.0, gt=0, description="downtime-target: stop pre-copy when the remaining dirty set fits in this, in ms (QEMU's default 300).")
+    max_rounds: int = Field(30, ge=1, description="downtime-target: stop after this many live rounds anyway.")
+    rate_limit: bool = Field(False, description="xen-legacy: the rate limiting of older Xen (100 to 500 Mbit/s, the +50 rule).")
+
+
+class MigrationOverrides(_M):
+    """Per-event overrides of the run's ``migration`` defaults (None: keep the default)."""
+
+    resume_us: Optional[float] = Field(None, ge=0, description="Overrides migration.resume_us.")
+    max_downtime_ms: Optional[float] = Field(None, gt=0, description="Overrides migration.max_downtime_ms.")
+    max_rounds: Optional[int] = Field(None, ge=1, description="Overrides migration.max_rounds.")
+    rate_limit: Optional[bool] = Field(None, description="Overrides migration.rate_limit.")
+
+    def over(self, defaults: MigrationCfg) -> MigrationCfg:
+        """The migration's own parameters: the defaults with this event's overrides."""
+        return defaults.model_copy(update={k: v for k, v in self.model_dump().items() if v is not None and k in MigrationCfg.model_fields})
+
+
+class MigrateAction(MigrationOverrides):
+    domain: str = Field(description="Domain to migrate.")
+    to: str = Field(description="Destination host.")
+    policy: Literal["xen", "xen-legacy", "downtime-target"] = Field("xen", description="Pre-copy policy.")
+
+
+class PoolMoveAction(_M):
+    domain: str = Field(description="Domain to move.")
+    pool: str = Field(description="Destination cpupool of the same host (xl cpupool-migrate).")
+
+
+class FailHostAction(_M):
+    host: str = Field(description="Host name.")
+
+
+class LinkAction(_M):
+    a: str = Field(description="One host of the link.")
+    b: str = Field(description="The other host.")
+
+
+class CutLinkAction(LinkAction):
+    pass
+
+
+class RestoreLinkAction(LinkAction):
+    pass
+
+
+class PinAction(_M):
+    domain: str = Field(description="Domain name.")
+    vcpu: int = Field(ge=0, description="vCPU index.")
+    hard: list[int] = Field(description="New hard affinity (pCPU ids).")
+    soft: list[int] = Field(default_factory=list, description="New soft affinity (pCPU ids).")
+
+
+class SetAction(_M):
+    domain: str = Field(description="Domain name.")
+    weight: Optional[int] = Field(None, ge=1, le=65535, description="New weight.")
+    cap: Optional[int] = Field(None, ge=0, description="New cap in % of one pCPU.")
+
+
+class DomainAction(_M):
+    domain: str = Field(description="Domain name.")
+
+
+class PauseAction(DomainAction):
+    pass
+
+
+class UnpauseAction(DomainAction):
+    pass
+
+
+class DestroyAction(DomainAction):
+    pass
+
+
+#: what one timed event does: exactly one of these (the field of EventCfg that names it)
+Action = Union[PinAction, SetAction, PauseAction, UnpauseAction, DestroyAction, MigrateAction, PoolMoveAction, FailHostAction, CutLinkAction, RestoreLinkAction]
+
+
+class EventCfg(_M):
+    at_ms: float = Field(ge=0, description="Simulated time of the event, in ms.")
+    pin: Optional[PinAction] = Field(None, description="Change a vCPU's affinity (xl vcpu-pin).")
+    set: Optional[SetAction] = Field(None, description="Change a domain's scheduler parameters (xl sched-credit -d).")
+    pause: Optional[PauseAction] = Field(None, description="Pause a domain (xl pause).")
+    unpause: Optional[UnpauseAction] = Field(None, description="Unpause a domain (xl unpause).")
+    destroy: Optional[DestroyAction] = Field(None, description="Destroy a domain (xl destroy).")
+    migrate: Optional[MigrateAction] = Field(None, description="Live-migrate a domain (xl migrate).")
+    move_pool: Optional[PoolMoveAction] = Field(None, description="Move a domain to another cpupool of its host (xl cpupool-migrate).")
+    fail_host: Optional[FailHostAction] = Field(None, description="The host crashes: its domains are lost, migrations to or from it abort.")
+    cut_link: Optional[CutLinkAction] = Field(None, description="The link between two hosts goes down: transfers on it fail.")
+    restore_link: Optional[RestoreLinkAction] = Field(None, description="The link comes back.")
+
+    def action(self) -> tuple[str, Action]:
+        """(the field's name, its action); the schema makes sure there is exactly one."""
+        for k in ACTIONS:
+            act = getattr(self, k)
+            if act is not None:
+                return k, act
+        raise ValueError("event without an action")
+
+
+ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "move_pool", "fail_host", "cut_link", "restore_link")
+
+
+class ClusterConfig(_M):
+    run: RunCfg = Field(default_factory=RunCfg, description="Run-wide settings.")
+    hosts: list[HostCfg] = Field(min_length=1, description="The physical hosts.")
+    domains: list[DomainCfg] = Field(default_factory=list, description="Guest domains (each host also has a Domain-0).")
+    events: list[EventCfg] = Field(default_factory=list, description="Timed toolstack actions.")
+    network: NetworkCfg = Field(default_factory=NetworkCfg, description="Defaults for links between hosts.")
+    links: list[LinkCfg] = Field(default_factory=list, description="Links between pairs of hosts (others get the network's defaults).")
+    migration: MigrationCfg = Field(default_factory=MigrationCfg, description="Defaults for migrate events.")
+
+    @field_validator("events")
+    @classmethod
+    def _one_action(cls, events: list[EventCfg]) -> list[EventCfg]:
+        for i, e in enumerate(events):
+            n = sum(getattr(e, k) is not None for k in ACTIONS)
+            if n != 1:
+                raise ValueError(f"event {i} must have exactly one action of: {', '.join(ACTIONS)}")
+        return events
+
+
