@@ -49,19 +49,32 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Final, Literal, Mapping, Optional, Protocol, Sequence, TypedDict, TypeVar, Union
 
-import msgpack
-import yaml
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # ships no type information
+import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs installed (types-PyYAML)
 
 from cluster.config import ConfigError
 from cluster.results import OutputError, RunDir, atomic_write, csv_text
 from cluster.sweep import Sweep, Trial, spec_for_batch_dir
+from hosts.wire import WireError
 
-OK, FAILED, PENDING = "ok", "failed", "pending"
+if TYPE_CHECKING:
+    import ray
+
+    from cluster.reaper import Reaper
+
+Status = Literal["ok", "failed", "pending"]
+Outcome = Literal["ok", "failed"]  # what a trial that ran can end as
+OK: Final = "ok"
+FAILED: Final = "failed"
+PENDING: Final = "pending"
 METRIC_FAMILIES = ("cpu_pct.", "wake_p50_us.", "wake_p99_us.")
 MIGRATION_COLUMNS = {"mig_total_ms": "total_ms", "mig_downtime_ms": "downtime_ms", "mig_bytes_sent": "bytes_sent", "mig_rounds": "rounds", "mig_status": "status"}
 TAIL_COLUMNS = ["wall_s", "trial_wall_s", "trace_digest", "config_digest"]
+
+Cell = Union[str, int, float, bool, None]  # lists and mappings are JSON text in a cell
+Row = dict[str, Cell]  # one trial's line of results.csv; metric columns depend on the config
 
 
 def default_batch_dir(sweep: Sweep) -> Path:
@@ -69,18 +82,139 @@ def default_batch_dir(sweep: Sweep) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# what crosses the process boundary: a job in, an outcome out (msgpack mappings with a kind)
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _field(doc: Mapping[str, Any], name: str, kind: type[T]) -> T:
+    v = doc.get(name)
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, kind):
+        raise WireError(f"{doc.get('kind')}: field {name!r} is {type(v).__name__}, not {kind.__name__}")
+    return v
+
+
+def _opt_field(doc: Mapping[str, Any], name: str, kind: type[T]) -> T | None:
+    return None if doc.get(name) is None else _field(doc, name, kind)
+
+
+def _check_keys(doc: Mapping[str, Any], names: Sequence[str]) -> None:
+    keys = set(doc) - {"kind"}
+    if keys != set(names):
+        missing, extra = sorted(set(names) - keys), sorted(keys - set(names))
+        raise WireError(f"{doc.get('kind')}: missing fields {missing}, unknown fields {extra}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrialJob:
+    """A trial to run: its id and its resolved config document."""
+
+    KIND: ClassVar[str] = "trial_job"
+    FIELDS: ClassVar[tuple[str, ...]] = ("trial", "config")
+    trial: str
+    config: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "trial": self.trial, "config": self.config}
+
+    @classmethod
+    def from_wire(cls, doc: Mapping[str, Any]) -> TrialJob:
+        _check_keys(doc, cls.FIELDS)
+        return cls(_field(doc, "trial", str), _field(doc, "config", dict))
+
+
+@dataclass(frozen=True, slots=True)
+class TrialOutcome:
+    """What running a trial gave: its status and the files of its run directory."""
+
+    KIND: ClassVar[str] = "trial_outcome"
+    FIELDS: ClassVar[tuple[str, ...]] = ("trial", "status", "error", "traceback", "files", "trial_wall_s", "node", "pid", "started_unix")
+    trial: str
+    status: Outcome
+    error: str | None
+    traceback: str | None
+    files: dict[str, bytes]  # run directory: relative path -> content
+    trial_wall_s: float | None
+    node: str | None
+    pid: int | None
+    started_unix: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f: getattr(self, f) for f in self.FIELDS}}
+
+    @classmethod
+    def from_wire(cls, doc: Mapping[str, Any]) -> TrialOutcome:
+        _check_keys(doc, cls.FIELDS)
+        raw_status = _field(doc, "status", str)
+        status: Outcome
+        if raw_status == OK:
+            status = OK
+        elif raw_status == FAILED:
+            status = FAILED
+        else:
+            raise WireError(f"{cls.KIND}: unknown status {raw_status!r}")
+        files = _field(doc, "files", dict)
+        if not all(isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()):
+            raise WireError(f"{cls.KIND}: files must map names to bytes")
+        return cls(
+            trial=_field(doc, "trial", str),
+            status=status,
+            error=_opt_field(doc, "error", str),
+            traceback=_opt_field(doc, "traceback", str),
+            files=files,
+            trial_wall_s=_opt_field(doc, "trial_wall_s", float),
+            node=_opt_field(doc, "node", str),
+            pid=_opt_field(doc, "pid", int),
+            started_unix=_opt_field(doc, "started_unix", float),
+        )
+
+
+Message = Union[TrialJob, TrialOutcome]
+_MESSAGES: dict[str, Callable[[Mapping[str, Any]], Message]] = {TrialJob.KIND: TrialJob.from_wire, TrialOutcome.KIND: TrialOutcome.from_wire}
+
+
+def pack_message(msg: Message) -> bytes:
+    data: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    return data
+
+
+def unpack_message(data: bytes) -> Message:
+    """The message in ``data``; an unknown kind or a malformed record raises :class:`WireError`."""
+    doc = msgpack.unpackb(data, raw=False)
+    if not isinstance(doc, dict):
+        raise WireError(f"a batch message is a mapping, not {type(doc).__name__}")
+    kind = doc.get("kind")
+    decode = _MESSAGES.get(kind) if isinstance(kind, str) else None
+    if decode is None:
+        raise WireError(f"unknown batch message kind {kind!r}; known: {', '.join(_MESSAGES)}")
+    return decode(doc)
+
+
+def _unpack(data: bytes, cls: type[T]) -> T:
+    msg = unpack_message(data)
+    if not isinstance(msg, cls):
+        raise WireError(f"expected a {cls.__name__}, got a {type(msg).__name__}")
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
 # one trial (runs wherever the launcher puts it)
 # ---------------------------------------------------------------------------------------------
 
 
-def make_job(trial: Trial) -> dict:
-    return {"trial": trial.id, "config": trial.resolved}
+def make_job(trial: Trial) -> TrialJob:
+    if trial.resolved is None:
+        raise ValueError(f"trial {trial.id} is not validated (cluster.sweep.validate_trials)")
+    return TrialJob(trial.id, trial.resolved)
 
 
-_reaper = None
+_reaper: Reaper | None = None
 
 
-def _worker_reaper():
+def _worker_reaper() -> Reaper:
     """One cleanup process per worker, shared by its trials (starting one per trial costs
     ~70 ms, most of a tiny trial); it removes a trial's scratch directory if the worker dies."""
     global _reaper
@@ -91,7 +225,7 @@ def _worker_reaper():
     return _reaper
 
 
-def run_trial(job: dict) -> dict:
+def run_trial(job: TrialJob) -> TrialOutcome:
     """Run one trial in this process; return its outcome, never raising for a failed trial.
 
     KeyboardInterrupt (Ctrl-C under the serial launcher) is not a trial failure: it propagates, and
@@ -105,9 +239,12 @@ def run_trial(job: dict) -> dict:
     tmp = Path(tempfile.gettempdir()) / f"hvsim-trial-{uuid.uuid4().hex[:12]}"
     reaper = _worker_reaper()
     reaper.watch_dir(tmp)
+    status: Outcome
+    error: str | None
+    tb: str | None
     try:
-        cfg = validate_doc(job["config"], f"trial {job['trial']}")
-        run_loaded(cfg, resolved_doc(cfg), config_path=job["trial"], backend="inline", out=tmp, reaper=reaper)
+        cfg = validate_doc(job.config, f"trial {job.trial}")
+        run_loaded(cfg, resolved_doc(cfg), config_path=job.trial, backend="inline", out=tmp, reaper=reaper)
         files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file()}
         status, error, tb = OK, None, None
     except Exception as exc:  # noqa: BLE001 - a failed trial is data
@@ -116,17 +253,17 @@ def run_trial(job: dict) -> dict:
     finally:
         _remove_tree(tmp)
         reaper.forget_dir(tmp)
-    return {
-        "trial": job["trial"],
-        "status": status,
-        "error": error,
-        "traceback": tb,
-        "files": files,
-        "trial_wall_s": round(time.perf_counter() - t0, 4),
-        "node": socket.gethostname(),
-        "pid": os.getpid(),
-        "started_unix": round(started, 3),
-    }
+    return TrialOutcome(
+        trial=job.trial,
+        status=status,
+        error=error,
+        traceback=tb,
+        files=files,
+        trial_wall_s=round(time.perf_counter() - t0, 4),
+        node=socket.gethostname(),
+        pid=os.getpid(),
+        started_unix=round(started, 3),
+    )
 
 
 def _remove_tree(path: Path) -> None:
@@ -142,9 +279,9 @@ def _remove_tree(path: Path) -> None:
         raise interrupted
 
 
-def failed_outcome(job: dict, error: str, tb: str | None = None) -> dict:
+def failed_outcome(job: TrialJob, error: str, tb: str | None = None) -> TrialOutcome:
     """An outcome for a trial that never returned one (a worker that died, a lost task)."""
-    return {"trial": job["trial"], "status": FAILED, "error": error, "traceback": tb, "files": {}, "trial_wall_s": None, "node": None, "pid": None, "started_unix": None}
+    return TrialOutcome(trial=job.trial, status=FAILED, error=error, traceback=tb, files={}, trial_wall_s=None, node=None, pid=None, started_unix=None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -153,8 +290,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _trial_task(payload: bytes) -> bytes:
-    """Body of the Ray task: msgpack in, msgpack out."""
-    return msgpack.packb(run_trial(msgpack.unpackb(payload)), use_bin_type=True)
+    """Body of the Ray task: a packed TrialJob in, a packed TrialOutcome out."""
+    return pack_message(run_trial(_unpack(payload, TrialJob)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +299,7 @@ def _trial_task(payload: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-OnDone = Callable[[dict], None]
+OnDone = Callable[[TrialOutcome], None]
 
 
 class Launcher(Protocol):
@@ -170,7 +307,7 @@ class Launcher(Protocol):
 
     name: str
 
-    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None: ...
+    def launch(self, jobs: Sequence[TrialJob], on_done: OnDone) -> None: ...
 
 
 class SerialLauncher:
@@ -179,7 +316,7 @@ class SerialLauncher:
     name = "serial"
     parallel = 1
 
-    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+    def launch(self, jobs: Sequence[TrialJob], on_done: OnDone) -> None:
         for job in jobs:
             on_done(run_trial(job))
 
@@ -202,7 +339,7 @@ class RayLauncher:
         self.grace_s = grace_s
         self.parallel: int | None = max_parallel
 
-    def launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+    def launch(self, jobs: Sequence[TrialJob], on_done: OnDone) -> None:
         from cluster import runner
         from cluster.raysession import RaySession
 
@@ -214,21 +351,22 @@ class RayLauncher:
         finally:
             session.close()
 
-    def _launch(self, jobs: Sequence[dict], on_done: OnDone) -> None:
+    def _launch(self, jobs: Sequence[TrialJob], on_done: OnDone) -> None:
         import ray
 
-        cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
-        self.parallel = max(1, min(self.max_parallel or cpus, len(jobs) or 1))
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # unannotated in Ray
+        cpus = int(resources.get("CPU", 1)) or 1
+        parallel = self.parallel = max(1, min(self.max_parallel or cpus, len(jobs) or 1))
         task = ray.remote(num_cpus=1, max_retries=0)(_trial_task)
         todo = iter(jobs)
-        inflight: dict[Any, dict] = {}
+        inflight: dict[ray.ObjectRef[bytes], TrialJob] = {}
 
         def submit() -> None:
-            while len(inflight) < self.parallel:
+            while len(inflight) < parallel:
                 job = next(todo, None)
                 if job is None:
                     return
-                inflight[task.remote(msgpack.packb(job, use_bin_type=True))] = job
+                inflight[task.remote(pack_message(job))] = job
 
         try:
             submit()
@@ -245,15 +383,16 @@ class RayLauncher:
             raise
 
     @staticmethod
-    def _outcome(ref: Any, job: dict) -> dict:
+    def _outcome(ref: ray.ObjectRef[bytes], job: TrialJob) -> TrialOutcome:
         import ray
 
         try:
-            return msgpack.unpackb(ray.get(ref), raw=False)
+            data = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
             return failed_outcome(job, _one_line(exc), str(exc))
+        return _unpack(data, TrialOutcome)
 
-    def _wind_down(self, inflight: dict[Any, dict], on_done: OnDone) -> None:
+    def _wind_down(self, inflight: dict[ray.ObjectRef[bytes], TrialJob], on_done: OnDone) -> None:
         """Interrupted: commit the trials in flight that finish within ``grace_s`` (a second
         Ctrl-C stops waiting). The others die with the session: Ray kills a finished job's
         workers, and each worker's reaper removes its trial's scratch directory. No
@@ -274,7 +413,7 @@ class RayLauncher:
                     except ray.exceptions.RayError:
                         continue  # its worker died: nothing to keep
                     try:
-                        on_done(msgpack.unpackb(data, raw=False))  # it finished: keep it
+                        on_done(_unpack(data, TrialOutcome))  # it finished: keep it
                     except KeyboardInterrupt:
                         pass
         except KeyboardInterrupt:
@@ -294,10 +433,10 @@ def make_launcher(kind: str, address: str | None = None, max_parallel: int | Non
 # ---------------------------------------------------------------------------------------------
 
 
-def headline_metrics(summary: dict) -> dict[str, Any]:
+def headline_metrics(summary: Mapping[str, Any]) -> dict[str, Cell]:
     """The headline metrics of a run summary, as flat columns (guest domains only)."""
     doms = [d for d in summary.get("domains", []) if not d.get("dom0")]
-    m: dict[str, Any] = {}
+    m: dict[str, Cell] = {}
     for d in doms:
         m[f"cpu_pct.{d['name']}"] = d.get("cpu_pct")
     for key in ("p50", "p99"):
@@ -314,12 +453,13 @@ def headline_metrics(summary: dict) -> dict[str, Any]:
     return m
 
 
-def _cell(v: Any) -> Any:
+def _cell(v: Any) -> Cell:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else v
 
 
-def make_row(trial: Trial, status: str, summary: dict | None = None, meta: dict | None = None) -> dict:
-    row: dict[str, Any] = {"trial": trial.id}
+def make_row(trial: Trial, status: Status, summary: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> Row:
+    """``summary``: a run's summary.json; ``meta``: its trial.json (both as read from disk)."""
+    row: Row = {"trial": trial.id}
     row.update({p: _cell(v) for p, v in trial.params.items()})
     row.update({"rep": trial.rep, "seed": trial.seed, "status": status, "error": (meta or {}).get("error") if status == FAILED else None})
     if summary is not None:
@@ -329,7 +469,7 @@ def make_row(trial: Trial, status: str, summary: dict | None = None, meta: dict 
     return row
 
 
-def table_columns(rows: list[dict], params: list[str]) -> list[str]:
+def table_columns(rows: Sequence[Row], params: list[str]) -> list[str]:
     front = ["trial", *params, "rep", "seed", "status", "error"]
     seen: dict[str, int] = {}
     for r in rows:
@@ -349,6 +489,26 @@ def table_columns(rows: list[dict], params: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # the batch directory
 # ---------------------------------------------------------------------------------------------
+
+
+class TrialMeta(TypedDict):
+    """A trial's ``trial.json``, beside its run directory's files."""
+
+    trial: str
+    index: int
+    params: dict[str, Any]
+    rep: int
+    seed: int
+    status: Outcome
+    error: str | None
+    config_digest: str | None
+    trial_wall_s: float | None
+    launcher: str
+    node: str | None
+    pid: int | None
+    started_unix: float | None
+    traceback: str | None
+
 
 
 class BatchDir:
@@ -402,7 +562,7 @@ class BatchDir:
         atomic_write(self.root / "base.yaml", sweep.base_path.read_text())
         atomic_write(self.root / "sweep.yaml", spec_for_batch_dir(sweep))
 
-    def state(self, trial: Trial) -> tuple[str, dict]:
+    def state(self, trial: Trial) -> tuple[Status, Row]:
         """What the disk says about a trial: (status, row). ``ok`` only if its digest matches."""
         d = self.run_dir(trial.id)
         meta = _read_json(d / "trial.json")
@@ -413,26 +573,26 @@ class BatchDir:
             return FAILED, make_row(trial, FAILED, None, meta)
         return PENDING, make_row(trial, PENDING)
 
-    def commit(self, trial: Trial, outcome: dict, launcher: str) -> dict:
+    def commit(self, trial: Trial, outcome: TrialOutcome, launcher: str) -> Row:
         """Write a trial's run directory whole (replacing an older one); return its row."""
-        files = dict(outcome.get("files") or {})
-        if outcome["status"] != OK or "config.yaml" not in files:
+        files = dict(outcome.files)
+        if outcome.status != OK or "config.yaml" not in files:
             files["config.yaml"] = yaml.safe_dump(trial.resolved, sort_keys=False).encode()
-        meta = {
+        meta: TrialMeta = {
             "trial": trial.id,
             "index": trial.index,
             "params": trial.params,
             "rep": trial.rep,
             "seed": trial.seed,
-            "status": outcome["status"],
-            "error": outcome.get("error"),
+            "status": outcome.status,
+            "error": outcome.error,
             "config_digest": trial.digest,
-            "trial_wall_s": outcome.get("trial_wall_s"),
+            "trial_wall_s": outcome.trial_wall_s,
             "launcher": launcher,
-            "node": outcome.get("node"),
-            "pid": outcome.get("pid"),
-            "started_unix": outcome.get("started_unix"),
-            "traceback": outcome.get("traceback"),
+            "node": outcome.node,
+            "pid": outcome.pid,
+            "started_unix": outcome.started_unix,
+            "traceback": outcome.traceback,
         }
         rd = RunDir(self.run_dir(trial.id), force=True)
         try:
@@ -443,31 +603,33 @@ class BatchDir:
             rd.commit()
         finally:
             rd.abort()
-        summary = json.loads(files["summary.json"]) if outcome["status"] == OK else None
-        return make_row(trial, outcome["status"], summary, meta)
+        summary = json.loads(files["summary.json"]) if outcome.status == OK else None
+        return make_row(trial, outcome.status, summary, meta)
 
-    def write_results(self, rows: list[dict], columns: list[str]) -> None:
+    def write_results(self, rows: list[Row], columns: list[str]) -> None:
         atomic_write(self.root / "results.csv", csv_text(rows, columns))
         data = parquet_bytes(rows, columns)
         if data is not None:
             atomic_write(self.root / "results.parquet", data)
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from disk, or None if it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
-def parquet_bytes(rows: list[dict], columns: list[str]) -> bytes | None:
+def parquet_bytes(rows: list[Row], columns: list[str]) -> bytes | None:
     """The table as Parquet, or None when pyarrow is not installed (it is optional)."""
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]  # optional, untyped
+        import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
-    cols = {}
+    cols: dict[str, Any] = {}
     for c in columns:
         vals = [r.get(c) for r in rows]
         try:
@@ -476,7 +638,8 @@ def parquet_bytes(rows: list[dict], columns: list[str]) -> bytes | None:
             cols[c] = pa.array([None if v is None else str(v) for v in vals])
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(cols), sink)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +662,7 @@ class Counts:
 @dataclass
 class BatchResult:
     out: Path
-    rows: list[dict]
+    rows: list[Row]
     columns: list[str]
     counts: Counts
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial id, error) of this invocation
@@ -537,7 +700,7 @@ def run_batch(
     resume: bool = False,
     only: Sequence[str] | None = None,
     on_start: Optional[Callable[[Counts], None]] = None,
-    on_trial: Optional[Callable[[dict, Counts], None]] = None,
+    on_trial: Optional[Callable[[Row, Counts], None]] = None,
     flush_every_s: float = 2.0,
 ) -> BatchResult:
     """Run the (validated) trials of a sweep into ``out``; see the module docstring.
@@ -555,7 +718,7 @@ def run_batch(
     try:
         bd.write_spec(sweep)
         params = sweep.spec.param_paths()
-        rows: dict[str, dict] = {}
+        rows: dict[str, Row] = {}
         todo: list[Trial] = []
         counts = Counts(total=len(chosen))
         chosen_ids = {t.id for t in chosen}
@@ -577,14 +740,14 @@ def run_batch(
                 bd.write_results(ordered, table_columns(ordered, params))
                 last_flush[0] = time.monotonic()
 
-        def on_done(outcome: dict) -> None:
-            trial = by_id[outcome["trial"]]
+        def on_done(outcome: TrialOutcome) -> None:
+            trial = by_id[outcome.trial]
             row = bd.commit(trial, outcome, launcher.name)
             rows[trial.id] = row
             counts.done += 1
             if row["status"] != OK:
                 counts.failed += 1
-                failed.append((trial.id, row.get("error") or "failed"))
+                failed.append((trial.id, str(row.get("error") or "failed")))
             flush()
             if on_trial is not None:
                 on_trial(row, counts)

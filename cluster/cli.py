@@ -7,13 +7,14 @@ allowed); 130 interrupted. Set ``HVSIM_DEBUG=1`` to get tracebacks of internal e
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +22,12 @@ from rich.table import Table
 
 from cluster.config import ConfigError, json_schema, load_config
 from cluster.results import OutputError, atomic_write
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 app = typer.Typer(
     add_completion=False,
@@ -37,17 +44,16 @@ class Backend(str, Enum):
     inline = "inline"
 
 
-def fail(code: int, msg: str) -> None:
+def fail(code: int, msg: str) -> NoReturn:
     err.print(f"[bold red]hvsim:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def guarded(fn):
+def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn known failures into one message and the right exit code."""
-    import functools
 
     @functools.wraps(fn)
-    def wrapper(*a, **kw):
+    def wrapper(*a: P.args, **kw: P.kwargs) -> R:
         from cluster.errors import PlacementError
         from cluster.runner import Interrupted, RunLost
 
@@ -145,8 +151,8 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.t0 = time.perf_counter()
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def update(self, t: int, end: int) -> None:
         if not self.enabled:
@@ -167,14 +173,15 @@ class _Progress:
             )
             self.bar.start()
             self.task = self.bar.add_task("sim", total=end / 1e6)
-        self.bar.update(self.task, completed=t / 1e6)
+        if self.task is not None:
+            self.bar.update(self.task, completed=t / 1e6)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
-def print_summary(s: dict) -> None:
+def print_summary(s: dict[str, Any]) -> None:
     t = Table(title=f"domains ({s['backend']}, {s['sim_time_ns'] / 1e9:g} s simulated, seed {s['seed']})")
     for col in ("domain", "host", "vCPUs", "weight", "cap", "CPU %", "wake p50 us", "wake p99 us"):
         t.add_column(col, justify="right" if col not in ("domain", "host") else "left")

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import typer
 
 from cluster.cli import app, err, fail, guarded, out
 from cluster.config import ConfigError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from cluster.batch import Counts, Row
+    from cluster.sweep import Sweep, Trial
 
 
 class LauncherKind(str, Enum):
@@ -91,7 +97,7 @@ def report(
         out.print(f"plot: {p}")
 
 
-def _print_trials(sweep, trials, total: int) -> None:
+def _print_trials(sweep: Sweep, trials: Sequence[Trial], total: int) -> None:
     """One line per trial (ids are what --only takes), after a one-line header."""
     out.print(f"{sweep.name}: {len(trials)} of {total} trial(s), every config valid", highlight=False)
     for tr in trials:
@@ -108,10 +114,10 @@ class _BatchProgress:
     def __init__(self, enabled: bool, quiet: bool):
         self.enabled = enabled
         self.quiet = quiet
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
-    def start(self, counts) -> None:
+    def start(self, counts: Counts) -> None:
         if not self.quiet:
             kept = f" ({counts.skipped} already complete)" if counts.skipped else ""
             err.print(f"batch: {counts.total - counts.skipped} of {counts.total} trial(s) to run{kept}", highlight=False)
@@ -132,8 +138,8 @@ class _BatchProgress:
         self.bar.start()
         self.task = self.bar.add_task("batch", total=counts.total, completed=counts.skipped, failed=0)
 
-    def update(self, row: dict, counts) -> None:
-        if self.bar is None:
+    def update(self, row: Row, counts: Counts) -> None:
+        if self.bar is None or self.task is None:
             return
         if row.get("status") == "failed":
             self.bar.console.print(f"[red]failed[/] {row['trial']}: {_escape(str(row.get('error')))}", highlight=False)

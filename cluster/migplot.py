@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import Any, Mapping, Sequence
+
+# A migration's entry of summary["migrations"] (built by cluster.metrics; plain JSON data).
+Migration = Mapping[str, Any]
 
 
-def migration_png(m: dict) -> bytes:
+def migration_png(m: Migration) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,8 +41,8 @@ def migration_png(m: dict) -> bytes:
     return buf.getvalue()
 
 
-def round_rows(migrations: list[dict]) -> list[dict]:
-    rows = []
+def round_rows(migrations: Sequence[Migration]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for m in migrations:
         for r in m["per_round"]:
             rows.append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from hosts.clock import NEVER, S
 
@@ -48,7 +49,7 @@ class Link:
 
 @dataclass
 class Network:
-    links: dict[frozenset, Link]
+    links: dict[frozenset[str], Link]
     default_bps: float
     default_latency_ns: int
     nic_bps: dict[str, float] = field(default_factory=dict)
@@ -56,7 +57,7 @@ class Network:
     now: int = 0
 
     @classmethod
-    def from_config(cls, hosts: list[str], links: list[dict], default_mbit_s: float, default_latency_us: float, nics: dict[str, float]) -> "Network":
+    def from_config(cls, hosts: list[str], links: Sequence[Mapping[str, Any]], default_mbit_s: float, default_latency_us: float, nics: dict[str, float]) -> "Network":
         net = cls(links={}, default_bps=default_mbit_s * 1e6, default_latency_ns=int(round(default_latency_us * 1000)), nic_bps={h: m * 1e6 for h, m in nics.items()})
         for ln in links:
             key = frozenset((ln["a"], ln["b"]))
@@ -174,7 +175,7 @@ class Network:
                     f.rate_bps += inc
             for r, fl in users.items():
                 left[r] -= inc * sum(1 for f in fl if id(f) in unfrozen)
-            frozen_now = set()
+            frozen_now: set[int] = set()
             for r, fl in users.items():
                 if left[r] <= 1e-9 * max(cap[r], 1.0):
                     frozen_now |= {id(f) for f in fl if id(f) in unfrozen}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs installed (types-PyYAML)
 
 
 class PathError(ValueError):
@@ -24,7 +24,7 @@ class PathError(ValueError):
         self.msg = msg
 
 
-def _step_into_list(seq: list, step: str, path: str, done: str) -> list[tuple[str, int]]:
+def _step_into_list(seq: list[Any], step: str, path: str, done: str) -> list[tuple[str, int]]:
     if step == "*":
         return [(str(i), i) for i in range(len(seq))]
     if step.lstrip("-").isdigit():
@@ -88,7 +88,7 @@ def set_path(doc: Any, path: str, value: Any) -> Any:
 
 
 def get_path(doc: Any, path: str) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for keys in expand(doc, path):
         node = doc
         for k in keys:

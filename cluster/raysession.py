@@ -19,8 +19,10 @@ import logging
 import os
 import tempfile
 import uuid
+from typing import TYPE_CHECKING
 
-
+if TYPE_CHECKING:
+    from cluster.reaper import Reaper
 
 # Actors' and Ray's own worker logs stay in the session's log directory unless asked for:
 # forwarded, Ray's notices (e.g. on starting many actors on few cores) would mix with hvsim's
@@ -33,7 +35,7 @@ def run_id() -> str:
 
 
 class RaySession:
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, run_tag: str | None = None, reaper=None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, run_tag: str | None = None, reaper: Reaper | None = None):
         self.address = address
         self.num_cpus = num_cpus
         self.run_tag = run_tag or run_id()
@@ -46,7 +48,7 @@ class RaySession:
     def __enter__(self) -> "RaySession":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start(self) -> "RaySession":

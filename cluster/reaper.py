@@ -18,14 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Union
+
+StrPath = Union[str, "os.PathLike[str]"]
 
 
 class Reaper:
     """Driver side of the reaper."""
 
-    def __init__(self, proc: subprocess.Popen, fd: int):
+    def __init__(self, proc: subprocess.Popen[bytes], fd: int):
         self.proc = proc
-        self.fd = fd
+        self.fd: int | None = fd  # None once DONE was said
         self.dirs: list[str] = []
 
     @classmethod
@@ -50,16 +53,16 @@ class Reaper:
         except OSError:
             pass
 
-    def watch_dir(self, path) -> None:
+    def watch_dir(self, path: StrPath) -> None:
         self._say(f"DIR {os.fspath(path)}")
 
-    def forget_dir(self, path) -> None:
+    def forget_dir(self, path: StrPath) -> None:
         self._say(f"KEEP {os.fspath(path)}")
 
     def watch_children(self) -> None:
         """Name every descendant of this process (e.g. a local Ray just started)."""
         try:
-            import psutil
+            import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed (types-psutil)
 
             kids = [p for p in psutil.Process().children(recursive=True) if p.pid != self.proc.pid]
             self._say("PROC " + " ".join(f"{p.pid}:{p.create_time()}" for p in kids))
@@ -125,10 +128,10 @@ def main() -> int:
 
 def _kill(procs: dict[int, float]) -> None:
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs installed (types-psutil)
     except ImportError:  # pragma: no cover
         return
-    alive = []
+    alive: list[psutil.Process] = []
     for pid, ct in procs.items():
         try:
             p = psutil.Process(pid)

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict, Union
 
 from rich.table import Table
 
@@ -41,20 +41,46 @@ TEXT_COLUMNS = ("trial", "status", "error", "trace_digest", "config_digest", "mi
 PNG_DATA_KEY = "hvsim-data"
 MAX_PANELS = 16
 
+Cell = Union[int, float, str, None]  # a cell of results.csv, read back with its type
+Row = dict[str, Cell]
+
+
+class Series(TypedDict):
+    """One line of a plot: y over the repetitions at each x, for one facet and hue value."""
+
+    facet: dict[str, Cell]
+    hue: Cell
+    x: list[Cell]
+    n: list[int]
+    mean: list[float]
+    min: list[float]
+    max: list[float]
+    std: list[float]
+
+
+class PlotData(TypedDict):
+    """What a plot shows (also embedded in its PNG and written beside it as CSV)."""
+
+    x: str
+    y: str
+    hue: str | None
+    facets: list[str]
+    series: list[Series]
+
 
 @dataclass
 class Results:
     """A batch's table with typed cells, and what was swept."""
 
     batch_dir: Path
-    rows: list[dict]
+    rows: list[Row]
     columns: list[str]
     params: list[str]
     labels: dict[str, str]
     name: str
 
     @property
-    def ok(self) -> list[dict]:
+    def ok(self) -> list[Row]:
         return [r for r in self.rows if r.get("status") == "ok"]
 
     def label(self, col: str) -> str:
@@ -65,18 +91,20 @@ class Results:
 class Report:
     plots: list[Path]
     table: Table
-    series: dict[str, dict] = field(default_factory=dict)  # plot file name -> plotted data
+    series: dict[str, PlotData] = field(default_factory=dict)  # plot file name -> plotted data
 
 
-def _typed(v: str) -> Any:
+def _typed(v: str) -> Cell:
     if v == "":
         return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        return v
 
 
 def load_results(batch_dir: str | Path) -> Results:
@@ -90,23 +118,30 @@ def load_results(batch_dir: str | Path) -> Results:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
         raw = list(reader)
-    rows = [{k: (v if k in TEXT_COLUMNS else _typed(v)) for k, v in r.items()} for r in raw]
+    rows: list[Row] = [{k: (v if k in TEXT_COLUMNS else _typed(v)) for k, v in r.items()} for r in raw]
     params = [p for p in spec.param_paths() if p in columns]
     return Results(bd, rows, columns, params, param_labels(spec, str(spec_file)), spec.name or bd.name)
+
+
+def _float(v: Cell) -> float:
+    """A cell known to be numeric (checked with ``_numeric``) as a float."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    raise TypeError(f"not a number: {v!r}")
 
 
 def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _varies(rows: list[dict], col: str) -> bool:
+def _varies(rows: list[Row], col: str) -> bool:
     vals = {json.dumps(r.get(col)) for r in rows if r.get(col) is not None}
     return len(vals) > 1
 
 
 def metric_columns(res: Results) -> list[str]:
     """Numeric columns that are results (not parameters)."""
-    out = []
+    out: list[str] = []
     for c in res.columns:
         if c in res.params or c in TEXT_COLUMNS or c in ("rep", "seed"):
             continue
@@ -156,16 +191,16 @@ def _order(values: list[Any]) -> list[Any]:
     return uniq  # table order, which is the spec's order
 
 
-def aggregate(rows: list[dict], x: str, y: str, hue: str | None, facets: list[str]) -> list[dict]:
+def aggregate(rows: list[Row], x: str, y: str, hue: str | None, facets: list[str]) -> list[Series]:
     """Per (facet, hue) series: for each x, n / mean / min / max / std of y over the rows."""
     rows = [r for r in rows if r.get("status") == "ok" and _numeric(r.get(y))]
-    groups: dict[tuple, dict[Any, list[float]]] = {}
+    groups: dict[tuple[tuple[Cell, ...], Cell], dict[Cell, list[float]]] = {}
     for r in rows:
         key = (tuple(r.get(f) for f in facets), r.get(hue) if hue else None)
-        groups.setdefault(key, {}).setdefault(r.get(x), []).append(float(r[y]))
-    facet_order = _order([k[0] for k in groups]) if facets else [()]
+        groups.setdefault(key, {}).setdefault(r.get(x), []).append(_float(r[y]))
+    facet_order: list[tuple[Cell, ...]] = _order([k[0] for k in groups]) if facets else [()]
     hue_order = _order([k[1] for k in groups])
-    series = []
+    series: list[Series] = []
     for fk in facet_order:
         for hk in hue_order:
             pts = groups.get((fk, hk))
@@ -199,7 +234,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", s).strip("-") or "x"
 
 
-def plot(res: Results, x: str, y: str, hue: str | None, facets: list[str], out_dir: Path) -> tuple[Path, dict]:
+def plot(res: Results, x: str, y: str, hue: str | None, facets: list[str], out_dir: Path) -> tuple[Path, PlotData]:
     """One PNG of y against x (plus its data as CSV beside it); returns the path and the data."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -236,7 +271,7 @@ def plot(res: Results, x: str, y: str, hue: str | None, facets: list[str], out_d
         ax.set_visible(False)
     reps = max((n for s in series for n in s["n"]), default=0)
     fig.suptitle(f"{res.name}: {y} vs {xlab}\nmean and min-max over up to {reps} run(s) per point", fontsize=9)
-    data = {"x": x, "y": y, "hue": hue, "facets": facets, "series": series}
+    data: PlotData = {"x": x, "y": y, "hue": hue, "facets": facets, "series": series}
     stem = f"{_slug(y)}_vs_{_slug(xlab)}" + (f"_by_{_slug(res.label(hue))}" if hue else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -268,14 +303,14 @@ def summary_table(res: Results, metrics: list[str], limit: int | None = None) ->
     shown = metrics[:limit]
     for m in shown:
         t.add_column(m, justify="right")
-    points: dict[tuple, list[dict]] = {}
+    points: dict[tuple[str, ...], list[Row]] = {}
     for r in res.rows:
         points.setdefault(tuple(json.dumps(r.get(p)) for p in res.params), []).append(r)
     for key, rows in points.items():
         done = [r for r in rows if r.get("status") == "ok"]
         cells = []
         for m in shown:
-            vals = [float(r[m]) for r in done if _numeric(r.get(m))]
+            vals = [_float(r[m]) for r in done if _numeric(r.get(m))]
             if not vals:
                 cells.append("-")
             elif len(vals) == 1:
@@ -305,7 +340,8 @@ def make_report(batch_dir: str | Path, *, x: str | None = None, y: str | None = 
         # nothing varies: still draw one plot, of a CPU share if there is one
         ys = default_metrics(res) or ([c for c in numeric if c.startswith("cpu_pct.")] or numeric)[:1]
     out_dir = Path(out) if out else res.batch_dir / "plots"
-    plots, series = [], {}
+    plots: list[Path] = []
+    series: dict[str, PlotData] = {}
     for m in ys:
         path, data = plot(res, xp, m, hp, facets, out_dir)
         plots.append(path)

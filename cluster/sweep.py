@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import yaml
+import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs installed (types-PyYAML)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.config import NAME_PATTERN, ConfigError, load_doc, resolved_doc, config_digest, validate_doc
@@ -54,7 +54,7 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Optional[str] = Field(None, pattern=NAME_PATTERN, description="Name of the sweep (default: the file's stem); the default batch directory is runs/sweeps/NAME.")
+    name: Optional[str] = Field(default=None, pattern=NAME_PATTERN, description="Name of the sweep (default: the file's stem); the default batch directory is runs/sweeps/NAME.")
     base: str = Field(description="The base config file, relative to this sweep file.")
     set: dict[str, Any] = Field(default_factory=dict, description="Fixed overrides applied to the base before any parameter, as PATH: VALUE (like --set).")
     grid: dict[str, Values] = Field(default_factory=dict, description="Cartesian product: PATH: [values]; the first path varies slowest.")
@@ -63,8 +63,8 @@ class SweepSpec(BaseModel):
         description="Lock-step groups (one mapping PATH: [values], or a list of them): the lists of a group have equal lengths and advance together; each group is one axis of the product, after the grid's.",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Short names of parameters in trial ids, PATH: LABEL (default: the path's last named step).")
-    repetitions: int = Field(1, ge=1, le=100_000, description="Runs per parameter point, each with its own derived seed.")
-    seed: Optional[int] = Field(None, ge=0, lt=1 << 63, description="Root seed of the sweep (default: the base config's run.seed, else 0); repetition k uses derive_seed(seed, 'rep/k') at every point.")
+    repetitions: int = Field(default=1, ge=1, le=100_000, description="Runs per parameter point, each with its own derived seed.")
+    seed: Optional[int] = Field(default=None, ge=0, lt=1 << 63, description="Root seed of the sweep (default: the base config's run.seed, else 0); repetition k uses derive_seed(seed, 'rep/k') at every point.")
 
     @field_validator("zip", mode="before")
     @classmethod
@@ -85,8 +85,8 @@ class Trial:
     params: dict[str, Any]  # swept path -> value, in axis order
     rep: int
     seed: int
-    doc: dict = field(repr=False)
-    resolved: Optional[dict] = field(default=None, repr=False)  # set by validate_trials
+    doc: dict[str, Any] = field(repr=False)
+    resolved: Optional[dict[str, Any]] = field(default=None, repr=False)  # set by validate_trials
     digest: Optional[str] = None  # config_digest of the resolved config: the resume key
 
 
@@ -97,7 +97,7 @@ class Sweep:
     spec: SweepSpec
     file: str
     base_path: Path
-    base_doc: dict
+    base_doc: dict[str, Any]
 
     @property
     def name(self) -> str:
@@ -232,7 +232,7 @@ def _axes(spec: SweepSpec, file: str) -> list[list[dict[str, Any]]]:
     return axes
 
 
-def _check_paths(spec: SweepSpec, doc: dict, file: str) -> None:
+def _check_paths(spec: SweepSpec, doc: dict[str, Any], file: str) -> None:
     """Every swept path resolves in the base, none is run.seed, no two set the same field."""
     where = {p: f"grid.{p}" for p in spec.grid}
     for gi, g in enumerate(spec.zip):
@@ -243,7 +243,7 @@ def _check_paths(spec: SweepSpec, doc: dict, file: str) -> None:
     for p in spec.set:
         if p in where:
             raise ConfigError(file, f"set.{p}", f"also swept by {where[p]}; a path is either fixed or swept")
-    targets: dict[tuple, str] = {}
+    targets: dict[tuple[Any, ...], str] = {}
     for p, loc in where.items():
         try:
             keys = [tuple(k) for k in expand(doc, p)]
@@ -259,7 +259,7 @@ def _check_paths(spec: SweepSpec, doc: dict, file: str) -> None:
             targets.setdefault(k, loc)
 
 
-def expand_sweep(spec: SweepSpec, base_doc: dict, file: str = "<sweep>") -> list[Trial]:
+def expand_sweep(spec: SweepSpec, base_doc: dict[str, Any], file: str = "<sweep>") -> list[Trial]:
     """The ordered trials of a sweep (pure: same spec and base, same list)."""
     doc = base_doc
     for p, v in spec.set.items():
@@ -278,8 +278,9 @@ def expand_sweep(spec: SweepSpec, base_doc: dict, file: str = "<sweep>") -> list
         if dup is not None:
             loc = f"grid.{next(iter(axis[0]))}" if ai < len(spec.grid) else f"zip[{ai - len(spec.grid)}]"
             raise ConfigError(file, loc, f"value {', '.join(dup)} is listed twice; list each point once")
-    run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
-    root = spec.seed if spec.seed is not None else int(run.get("seed", 0) or 0)
+    run = doc.get("run")
+    base_seed = run.get("seed", 0) if isinstance(run, dict) else 0
+    root = spec.seed if spec.seed is not None else int(base_seed or 0)
     trials: list[Trial] = []
     seen: dict[str, int] = {}
     for point in itertools.product(*axes):
@@ -315,9 +316,9 @@ def validate_trials(trials: list[Trial], file: str = "<sweep>") -> list[Trial]:
             continue
         out.append(replace(t, resolved=resolved_doc(cfg), digest=config_digest(cfg)))
     if bad:
-        t, exc = bad[0]
+        first, err = bad[0]
         more = f" (and {len(bad) - 1} more invalid trial{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
-        raise ConfigError(file, f"trial {t.id}: {exc.field}" if exc.field else f"trial {t.id}", exc.msg + more)
+        raise ConfigError(file, f"trial {first.id}: {err.field}" if err.field else f"trial {first.id}", err.msg + more)
     return out
 
 
@@ -333,4 +334,5 @@ def spec_for_batch_dir(sweep: Sweep) -> str:
     doc = sweep.spec.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     doc["base"] = "base.yaml"
     doc.setdefault("name", sweep.name)
-    return yaml.safe_dump(doc, sort_keys=False)
+    text: str = yaml.safe_dump(doc, sort_keys=False)
+    return text

@@ -19,9 +19,23 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cluster.batch import BatchInterrupted, RayLauncher, SerialLauncher, headline_metrics, run_batch, table_columns
+import msgpack
+
+from cluster.batch import (
+    BatchInterrupted,
+    RayLauncher,
+    SerialLauncher,
+    TrialJob,
+    TrialOutcome,
+    headline_metrics,
+    pack_message,
+    run_batch,
+    table_columns,
+    unpack_message,
+)
 from cluster.cli import app
 from cluster.sweep import plan_sweep
+from hosts.wire import WireError
 
 from conftest import CONFIGS
 
@@ -433,3 +447,19 @@ def test_headline_metrics_and_migration_columns():
     assert (m2["mig_total_ms"], m2["mig_downtime_ms"], m2["mig_bytes_sent"], m2["mig_rounds"], m2["mig_status"]) == (812.0, 31.5, 123456789, 6, "done")
     cols = table_columns([{"trial": "t", "x": 1, **m2}], ["x"])
     assert cols.index("cpu_pct.hog") < cols.index("wake_p50_us.web") < cols.index("wake_p99_us.hog") < cols.index("mig_total_ms") < cols.index("mig_status") < cols.index("wall_s")
+
+
+def test_batch_messages_keep_their_type_and_refuse_unknown_kinds():
+    job = TrialJob("weight=128_r0", {"run": {"seed": 1}, "hosts": [{"name": "h0", "pcpus": 1}]})
+    assert unpack_message(pack_message(job)) == job
+    out = TrialOutcome("weight=128_r0", "ok", None, None, {"summary.json": b"{}"}, 0.25, "node", 42, 1.5)
+    assert unpack_message(pack_message(out)) == out
+    # by name, not position: a record with a field more, or one less, is refused
+    doc = msgpack.unpackb(pack_message(out), raw=False)
+    for bad in ({**doc, "kind": "trial_result"}, {k: v for k, v in doc.items() if k != "kind"}, {**doc, "extra": 1}, {k: v for k, v in doc.items() if k != "pid"}, {**doc, "status": "pending"}, {**doc, "files": {"a": "text"}}):
+        with pytest.raises(WireError):
+            unpack_message(msgpack.packb(bad, use_bin_type=True))
+    with pytest.raises(WireError, match="unknown batch message kind"):
+        unpack_message(msgpack.packb({"kind": "shutdown"}, use_bin_type=True))
+    with pytest.raises(WireError):
+        unpack_message(msgpack.packb(["trial_job", "t", {}], use_bin_type=True))  # a positional tuple
