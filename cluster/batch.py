@@ -23,10 +23,12 @@ The batch directory::
 
 The driver commits each outcome as a whole run directory (built hidden, then renamed), so a run
 directory with ``summary.json`` is a finished trial; a failed trial's directory holds its
-``config.yaml`` and ``trial.json`` (status, error, traceback). ``resume`` skips the trials whose
-``summary.json`` carries the same ``config_digest`` as the trial's resolved config and reruns the
-others (failed, stale, never run). The table is rewritten atomically at most every few seconds,
-at the end, and when interrupted; an interrupted batch loses no committed trial.
+``config.yaml`` and ``trial.json`` (status, error, traceback). So ``runs/*/trial.json`` is the
+batch's progress, readable from outside while it runs: one file per committed trial. ``resume``
+skips the trials whose ``summary.json`` carries the same ``config_digest`` as the trial's
+resolved config and reruns the others (failed, stale, never run). The table is rewritten
+atomically at most every few seconds, at the end, and when interrupted; an interrupted batch
+loses no committed trial.
 
 Headline metrics per guest domain: ``cpu_pct.D`` (% of one pCPU) and ``wake_p50_us.D`` /
 ``wake_p99_us.D``, the *largest* of the per-vCPU percentiles (the worst vCPU of the domain: the
@@ -546,6 +548,7 @@ class BatchDir:
 
     def close(self) -> None:
         if self._lock_fd is not None:
+            self._sweep_leftovers()  # an interrupt can land inside an atomic write
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from enum import Enum
@@ -83,6 +84,19 @@ def _escape(s: str) -> str:
     return s.replace("[", "\\[")
 
 
+def interruptible() -> None:
+    """SIGINT and SIGTERM interrupt the command and its cleanup runs, whatever was inherited: a
+    background job of a non-interactive shell starts with SIGINT ignored, and Python then never
+    raises KeyboardInterrupt (SIGTERM gets its handler in ``install_signal_handlers``)."""
+    from cluster.runner import install_signal_handlers
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass  # not the main thread
+    install_signal_handlers()
+
+
 @app.command()
 @guarded
 def validate(
@@ -118,14 +132,23 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a field: PATH=VALUE (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only once the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table and no progress bar."),
+    progress_file: Optional[Path] = typer.Option(None, "--progress-file", help="Keep the simulated time reached in this JSON file (sim_ns, end_ns), replaced atomically as the run advances."),
 ) -> None:
     """Run a cluster simulation and write its run directory."""
-    from cluster.runner import install_signal_handlers, run_config
+    from cluster.runner import run_config
 
     if seed is not None and seed < 0:
         raise ConfigError(str(config), "--seed", f"{seed} is negative; a seed is an integer >= 0")
-    install_signal_handlers()
+    if progress_file is not None and not progress_file.parent.is_dir():
+        raise ConfigError(str(config), "--progress-file", f"{progress_file.parent}: no such directory")
+    interruptible()
     bar = _Progress(enabled=not quiet and err.is_terminal)
+
+    def progress(t: int, end: int) -> None:
+        bar.update(t, end)
+        if progress_file is not None:
+            atomic_write(progress_file, json.dumps({"sim_ns": t, "end_ns": end}) + "\n")
+
     try:
         res = run_config(
             config,
@@ -135,7 +158,7 @@ def run(
             seed=seed,
             overrides=set_,
             force=force,
-            progress=bar.update,
+            progress=progress,
         )
     finally:
         bar.close()

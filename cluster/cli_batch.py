@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import typer
 
-from cluster.cli import app, err, fail, guarded, out
+from cluster.cli import app, err, fail, guarded, interruptible, out
 from cluster.config import ConfigError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ def batch(
 ) -> None:
     """Run a sweep: every trial of a parameter grid, on Ray, into one batch directory."""
     from cluster.batch import BatchInterrupted, default_batch_dir, make_launcher, run_batch, select
-    from cluster.runner import install_signal_handlers
     from cluster.sweep import plan_sweep
 
     if launcher is LauncherKind.serial and address:
@@ -55,7 +54,7 @@ def batch(
         _print_trials(sweep, chosen, len(trials))
         return
     dest = out_dir or default_batch_dir(sweep)
-    install_signal_handlers()
+    interruptible()
     bar = _BatchProgress(enabled=not quiet and err.is_terminal, quiet=quiet)
     try:
         res = run_batch(sweep, trials, dest, make_launcher(launcher.value, address, max_parallel), resume=resume, only=only, on_start=bar.start, on_trial=bar.update)

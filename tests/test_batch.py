@@ -263,7 +263,8 @@ def test_resume_after_an_interrupt_keeps_every_finished_trial(launcher, tiny_swe
     assert not _trial_tmp_dirs() - tmp_before, "a cancelled trial left its scratch directory"
 
 
-# Heavier trials (~0.4 s each) so that a real Ctrl-C lands in the middle of the batch.
+# Heavier trials (~0.4 s each), and enough of them that once two are committed several seconds
+# of work remain: a real Ctrl-C then lands in the middle of the batch.
 SLOW = {
     "run": {"seed": 2, "duration_ms": 1500},
     "hosts": [{"name": "h0", "pcpus": 2, "mem_mib": 1024, "scheduler": {"name": "credit"}}],
@@ -271,11 +272,16 @@ SLOW = {
 }
 
 
-N_SLOW = 10
+N_SLOW = 16
 
 
 def _trial_tmp_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "hvsim-trial-*")))
+
+
+def committed(batch: Path) -> int:
+    """Trials the batch has committed so far (its progress, as the batch directory shows it)."""
+    return len([p for p in (batch / "runs").glob("*/trial.json") if not p.parent.name.startswith(".")])
 
 
 @pytest.mark.ray
@@ -289,14 +295,13 @@ def test_sigint_midway_then_resume(tmp_path, ray_session):
     cmd = [sys.executable, "-c", "from cluster.cli import main; main()", "batch", str(sweep), "--out", str(out), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if len([p for p in (out / "runs").glob("*/summary.json") if not p.parent.name.startswith(".")]) >= 2:
-                break
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and committed(out) < 2:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()
+        assert 2 <= committed(out) <= N_SLOW - 4, "trials must remain when the signal is sent"
         os.kill(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=120)[0].decode()
+        output = proc.communicate(timeout=180)[0].decode()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -314,9 +319,8 @@ def test_sigint_midway_then_resume(tmp_path, ray_session):
     assert {k: v for k, v in stamps(out).items() if k in finished} == finished, "a finished trial ran again"
     rows = read_table(out)
     assert len({r["trial"] for r in rows}) == N_SLOW and {r["status"] for r in rows} == {"ok"}
-    for _ in range(100):  # the interrupted workers' scratch directories go away with them
-        if not _trial_tmp_dirs() - tmp_before:
-            break
+    deadline = time.monotonic() + 60  # the interrupted workers' scratch directories go away with them
+    while time.monotonic() < deadline and _trial_tmp_dirs() - tmp_before:
         time.sleep(0.1)
     assert not _trial_tmp_dirs() - tmp_before
 

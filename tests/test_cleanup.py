@@ -4,6 +4,7 @@ no temporary directory and no run directory (half-written or otherwise)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -28,43 +29,50 @@ def tmp_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "hvsim-ray-*"))) | set(glob.glob(os.path.join(tempfile.gettempdir(), "hvsim-fifo-*")))
 
 
-def start_run(tmp_path, backend="ray"):
+def start_run(tmp_path, progress, backend="ray"):
+    """A run long enough (10 simulated minutes, 50 progress steps) to be stopped mid-way."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cluster.cli", "run", str(CONFIGS / "quickstart.yaml"), "--backend", backend, "--out", str(out), "-q",
-           "--set", "run.duration_ms=3600000"]
+           "--set", "run.duration_ms=600000", "--progress-file", str(progress)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return proc, out
 
 
-def wait_for_actors(proc, timeout=90) -> list[psutil.Process]:
-    """Wait until the run has its pCPU actors up; return every descendant seen."""
+def sim_ns(progress) -> tuple[int, int]:
+    """(simulated time reached, end) from the run's progress file; (0, 1) before the first step."""
+    try:
+        doc = json.loads(progress.read_text())
+    except FileNotFoundError:
+        return 0, 1
+    return doc["sim_ns"], doc["end_ns"]
+
+
+def wait_until_simulating(proc, progress, timeout=180) -> list[psutil.Process]:
+    """Wait until the run has simulated its first step; return every descendant seen."""
     seen: dict[int, psutil.Process] = {}
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            kids = psutil.Process(proc.pid).children(recursive=True)
+            for k in psutil.Process(proc.pid).children(recursive=True):
+                seen[k.pid] = k
         except psutil.NoSuchProcess:
             break
-        for k in kids:
-            seen[k.pid] = k
-        names = []
-        for k in kids:
-            try:
-                names.append(" ".join(k.cmdline()))
-            except psutil.Error:
-                pass
-        if sum("PcpuActor" in n for n in names) >= 4:
-            time.sleep(2.0)  # let it simulate a little
+        if sim_ns(progress)[0] > 0:
             for k in psutil.Process(proc.pid).children(recursive=True):
                 seen[k.pid] = k
             return list(seen.values())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
+        time.sleep(0.1)
     out = proc.stdout.read().decode() if proc.poll() is not None else ""
-    raise AssertionError(f"run did not reach its actors: {out}")
+    raise AssertionError(f"run did not start simulating: {out}")
+
+
+def cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def alive(procs: list[psutil.Process]) -> list[str]:
@@ -79,20 +87,23 @@ def alive(procs: list[psutil.Process]) -> list[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
-def test_killed_run_leaves_nothing(tmp_path, sig):
+def test_killed_run_leaves_nothing(tmp_path, tmp_path_factory, sig):
     shm_before, tmp_before = shm_names(), tmp_dirs()
-    proc, out = start_run(tmp_path)
+    progress = tmp_path_factory.mktemp("progress") / "progress.json"
+    proc, out = start_run(tmp_path, progress)
     try:
-        procs = wait_for_actors(proc)
-        assert any("PcpuActor" in " ".join(p.cmdline()) for p in procs if p.is_running())
+        procs = wait_until_simulating(proc, progress)
+        assert sum("PcpuActor" in cmdline(p) for p in procs) >= 4  # 2 hosts x 2 pCPUs
         os.kill(proc.pid, sig)
-        code = proc.wait(timeout=60)
+        code = proc.wait(timeout=120)
         output = proc.stdout.read().decode()
+        reached, end = sim_ns(progress)
+        assert 0 < reached < end, "the signal must land mid-run"
         if sig != signal.SIGKILL:
             assert code == 130, output
             assert "interrupted" in output
-        deadline = time.time() + 30
-        while time.time() < deadline and (alive(procs) or shm_names() - shm_before or tmp_dirs() - tmp_before):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (alive(procs) or shm_names() - shm_before or tmp_dirs() - tmp_before):
             time.sleep(0.5)
         assert alive(procs) == []
         assert shm_names() - shm_before == set()

@@ -140,3 +140,22 @@ def test_run_on_ray_via_cli(tmp_path, ray_session):
     r2 = runner.invoke(app, ["run", str(cfg), "--backend", "inline", "--out", str(tmp_path / "ri"), "-q"])
     assert r2.exit_code == 0
     assert json.loads((tmp_path / "ri" / "summary.json").read_text())["trace_digest"] == s["trace_digest"]
+
+
+def test_run_keeps_its_progress_file_and_takes_sigint_even_if_it_was_ignored(tmp_path):
+    import signal
+
+    cfg = write(tmp_path, GOOD)
+    prog = tmp_path / "watch" / "progress.json"
+    r = runner.invoke(app, ["run", str(cfg), "--backend", "inline", "--out", str(tmp_path / "r"), "-q", "--progress-file", str(prog)])
+    assert r.exit_code == 2 and "--progress-file" in r.output and "no such directory" in r.output
+    prog.parent.mkdir()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a script starts
+    try:
+        r = runner.invoke(app, ["run", str(cfg), "--backend", "inline", "--out", str(tmp_path / "r"), "-q", "--progress-file", str(prog)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C must interrupt a run"
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert r.exit_code == 0, r.output
+    assert json.loads(prog.read_text()) == {"sim_ns": 200_000_000, "end_ns": 200_000_000}
+    assert [p.name for p in prog.parent.iterdir()] == ["progress.json"]
