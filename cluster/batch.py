@@ -9,10 +9,11 @@ outcome with status ``failed`` and its error: failures are data, the sweep goes 
 Launchers share one interface, ``launch(jobs, on_done)``: :class:`SerialLauncher` calls
 ``run_trial`` in this process one trial after the other; :class:`RayLauncher` makes each trial
 one Ray task (an embedded local Ray, or an existing cluster), keeps at most ``max_parallel`` in
-flight and hands outcomes back in completion order. Jobs and outcomes cross process boundaries
-as msgpack bytes. Because a worker returns the files instead of writing them, the batch works
-on a multi-node cluster without a shared file system, and the driver is the only writer of the
-batch directory.
+flight and hands outcomes back in completion order. Jobs (:class:`TrialJob`) and outcomes
+(:class:`TrialOutcome`) cross process boundaries as msgpack mappings tagged with their ``kind``
+and read back field by field; an unknown kind or field is refused (``WireError``). Because a
+worker returns the files instead of writing them, the batch works on a multi-node cluster
+without a shared file system, and the driver is the only writer of the batch directory.
 
 The batch directory::
 
