@@ -35,13 +35,17 @@ inside it (an affinity change can move a vCPU, which then runs in its frames on 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS
-from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, register
+from hosts.domain import DomainInfo
+from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, register
 from hosts.vcpu import make_vid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hosts.vcpu import VcpuState
 
 MAX_ENTRIES = 64  # ARINC653_MAX_DOMAINS_PER_SCHEDULE
 DEFAULT_TIMESLICE_NS = 10 * MS
@@ -72,7 +76,7 @@ class Arinc653Params(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "Arinc653Params":
+    def _check(self) -> Self:
         if self.schedule is None:
             if self.major_frame_ms is not None:
                 raise ValueError("major_frame_ms needs a schedule (the default schedule's major frame is 10 ms per Domain-0 vCPU)")
@@ -98,10 +102,12 @@ class Arinc653Pcpu:
 
 class Arinc653Scheduler(PcpuScheduler):
     name = "arinc653"
+    params: Arinc653Params
 
-    def __init__(self, ctx, params: Arinc653Params):
+    def __init__(self, ctx: SchedContext, params: Arinc653Params) -> None:
         super().__init__(ctx, params)
         self.pc = Arinc653Pcpu(ctx.now)
+        self.spec: list[tuple[str, int, int]] | None  # (domain name, vCPU index, runtime ns)
         if params.schedule is not None:
             self.spec = [(e.domain, e.vcpu, _ns(e.runtime_ms)) for e in params.schedule]
             total = sum(rt for _, _, rt in self.spec)
@@ -120,7 +126,7 @@ class Arinc653Scheduler(PcpuScheduler):
             n = min(d0.nr_vcpus, MAX_ENTRIES)
             return [(make_vid(d0.uid, i), DEFAULT_TIMESLICE_NS) for i in range(n)], n * DEFAULT_TIMESLICE_NS
         by_name = {d.name: d for _, d in sorted(doms.items())}
-        out = []
+        out: list[tuple[int, int]] = []
         for name, idx, rt in self.spec:
             d = by_name.get(name)
             out.append((make_vid(d.uid, idx) if d is not None and idx < d.nr_vcpus else -1, rt))
@@ -140,46 +146,47 @@ class Arinc653Scheduler(PcpuScheduler):
         return -1, major - pos
 
     # --- ops table -----------------------------------------------------------------------
-    def insert(self, v, stolen: bool = False) -> None:
+    def insert(self, v: "VcpuState", stolen: bool = False) -> None:
         v.sched = {}
         if stolen:
             self.ctx.raise_softirq()
 
-    def remove(self, v) -> None:
+    def remove(self, v: "VcpuState") -> None:
         pass
 
-    def wake(self, v, migrating: bool = False) -> None:
+    def wake(self, v: "VcpuState", migrating: bool = False) -> None:
         self.ctx.raise_softirq()
 
-    def do_schedule(self, now: int, curr) -> Decision:
+    def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
         vid, left = self._frame(now)
         v = self.ctx.vcpus.get(vid) if vid >= 0 else None
         if v is None or not v.runnable():
             return Decision(None, left)
         return Decision(v, left)
 
-    def pick_pcpu(self, v, commit: bool) -> int:
+    def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
         hard = self.affinity(v)[0]
         cur = v.last_pcpu if v.last_pcpu >= 0 else self.ctx.pcpu
         return cur if cur in hard else min(hard)
 
-    def udata_to_wire(self, udata) -> dict:
+    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
         return {}
 
-    def udata_from_wire(self, d: dict):
+    def udata_from_wire(self, d: dict[str, Any]) -> Any:
         return {}
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         entries, major = self._entries()
         return {"major_frame_ns": major, "entries": entries}
 
 
-class Arinc653Pool(PoolScheduler):
-    """Pool-wide data: nothing to do at boundaries (the schedule is static)."""
+class Arinc653Pool(PoolScheduler[None]):
+    """Pool-wide data: nothing to do at boundaries (the schedule is static); its pCPU half
+    reports no summary and neither sends nor takes messages."""
 
     name = "arinc653"
 
-    def place(self, vid: int, hint: int, summaries: dict, domain) -> int:
+    def place(self, vid: int, hint: int, summaries: Mapping[int, None], domain: DomainInfo) -> int:
         return hint if hint in self.cpus else min(self.cpus)
 
 
@@ -194,4 +201,4 @@ ENTRY = register(
     )
 )
 
-__all__ = ["Arinc653Params", "Arinc653Scheduler", "Arinc653Pool"]
+__all__ = ["ENTRY", "Arinc653Params", "Arinc653Scheduler", "Arinc653Pool"]

@@ -11,29 +11,38 @@ A scheduler in hvsim has two halves, because a pool's pCPUs live in different pr
   pool-wide work Xen does under the private lock (Credit's 30 ms accounting, work stealing,
   Credit2's balancing) done as a pure function of per-pCPU summaries. ``place`` is required.
 
+The two halves talk only through the typed records of :mod:`hosts.sched.messages`: summaries
+up, instructions down (``apply_pool``, which refuses a kind it does not know), pool messages
+and steal requests up, view extras down.
+
 Policy decides, the engine enacts: ``do_schedule`` returns a :class:`Decision` and never
-touches the clock or a runstate; it asks the engine (the ``ctx`` it was built with) to tickle,
-arm its timers, or message the pool. The registry refuses an incomplete scheduler and names the
-missing hook; an unknown name is an error listing the known ones (never a silent default).
+touches the clock or a runstate; it asks the engine (the ``ctx`` it was built with, a
+:class:`SchedContext`) to tickle, arm its timers, or message the pool. The registry refuses an
+incomplete scheduler and names the missing hook; an unknown name is an error listing the
+known ones (never a silent default).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Protocol, Self, Sequence, TypeVar
 
 from pydantic import BaseModel
 
 from hosts.clock import NEVER
-from hosts.sched.messages import Give, PoolView
+from hosts.sched.affinity import Masks, affinity_masks
+from hosts.sched.messages import EngineGiveFailed, Instruction, PoolMsg, PoolView, StealRequest, Summary, ViewExtra
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.domain import DomainInfo
     from hosts.vcpu import VcpuState
 
+SumT = TypeVar("SumT")
+
 
 class SchedulerError(ValueError):
-    """A scheduler that cannot be used: unknown name, incomplete ops table, bad parameters."""
+    """A scheduler that cannot be used: unknown name, incomplete ops table, bad parameters,
+    or a message between its halves of a kind it does not know."""
 
 
 @dataclass(slots=True)
@@ -63,7 +72,7 @@ class SchedContext(Protocol):
     def tickle(self, cpu: int) -> None: ...
     def set_timer(self, name: str, when_ns: int) -> None: ...
     def stop_timer(self, name: str) -> None: ...
-    def pool_msg(self, payload: tuple) -> None: ...
+    def pool_msg(self, payload: PoolMsg) -> None: ...
     def request_steal(self, pri: int) -> None: ...
     def park(self, v: "VcpuState") -> None: ...
     def unpark(self, v: "VcpuState") -> None: ...
@@ -75,13 +84,15 @@ class UnitRecord:
 
     __slots__ = ()
 
-    def to_wire(self) -> dict:
-        return {s: getattr(self, s) for s in self.__slots__}
+    def to_wire(self) -> dict[str, Any]:
+        names: tuple[str, ...] = self.__slots__
+        return {s: getattr(self, s) for s in names}
 
     @classmethod
-    def from_wire(cls, d: dict):
+    def from_wire(cls, d: Mapping[str, Any]) -> Self:
         u = cls()
-        for s in cls.__slots__:
+        names: tuple[str, ...] = cls.__slots__
+        for s in names:
             if s in d:
                 setattr(u, s, d[s])
         u.restored()
@@ -91,12 +102,17 @@ class UnitRecord:
         """Fix up what is only meaningful where the record was written."""
 
 
+def unknown(half: str, name: str, what: object) -> SchedulerError:
+    """The error for a message between the halves that this scheduler does not know."""
+    return SchedulerError(f"scheduler {name!r}: {half} got an unknown {type(what).__name__} {what!r}")
+
+
 class PcpuScheduler:
     """Per-pCPU half of a scheduler. Subclasses set ``name`` and implement the hooks."""
 
-    name = "base"
-    REQUIRED = ("insert", "remove", "do_schedule", "pick_pcpu")
-    OPTIONAL = (
+    name: ClassVar[str] = "base"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("insert", "remove", "do_schedule", "pick_pcpu")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
         "wake",
         "sleep",
         "yield_",
@@ -112,16 +128,14 @@ class PcpuScheduler:
         "dump",
     )
 
-    def __init__(self, ctx: SchedContext, params: BaseModel):
+    def __init__(self, ctx: SchedContext, params: BaseModel) -> None:
         self.ctx = ctx
         self.params = params
         self.pool = frozenset(ctx.view.cpus)  # the pCPUs of this pCPU's cpupool
 
-    def affinity(self, v: "VcpuState") -> tuple[frozenset, frozenset]:
+    def affinity(self, v: "VcpuState") -> Masks:
         """(hard, soft) masks of v; hard is cut to the pool, and is the whole pool if they do not meet."""
-        hard = frozenset(v.hard_affinity) & self.pool if v.hard_affinity else self.pool
-        soft = frozenset(v.soft_affinity) if v.soft_affinity else frozenset()
-        return (hard or self.pool, soft)
+        return affinity_masks(v.hard_affinity, v.soft_affinity, self.pool)
 
     # --- required --------------------------------------------------------------------------
     def insert(self, v: "VcpuState", stolen: bool = False) -> None:
@@ -162,40 +176,52 @@ class PcpuScheduler:
     def timer(self, name: str, now: int) -> None:
         """A timer armed with ``ctx.set_timer(name, ...)`` fired."""
 
-    def summary(self) -> Any:
-        """Per-pCPU data the pool half needs at a boundary (plain msgpack-able data)."""
+    def summary(self) -> Summary:
+        """Per-pCPU data the pool half needs at a boundary (a record of hosts.sched.messages)."""
         return None
 
-    def apply_pool(self, instr: tuple) -> None:
-        """Apply an instruction from the pool half (e.g. Credit's accounting increment)."""
+    def apply_pool(self, instr: Instruction) -> None:
+        """Apply an instruction from the pool half; a scheduler whose pool half sends none
+        refuses any."""
+        raise unknown("pCPU half", self.name, instr)
 
-    def udata_to_wire(self, udata: Any) -> dict:
+    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
         """Per-unit data as a plain dict, for a move to another pCPU."""
         return dict(udata) if udata else {}
 
-    def udata_from_wire(self, d: dict) -> Any:
+    def udata_from_wire(self, d: dict[str, Any]) -> Any:
         return dict(d)
 
     def horizon(self) -> int:
         """Earliest time this scheduler may need the pool (default: only via events)."""
         return NEVER
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {}
 
 
-class PoolScheduler:
-    """Per-pool half of a scheduler, run by the host at epoch boundaries."""
+def _nowhere(vid: int) -> int:
+    raise KeyError(vid)
 
-    name = "base"
-    REQUIRED = ("place",)
-    OPTIONAL = ("add_domain", "remove_domain", "adjust", "on_msg", "boundary", "next_due", "dump")
 
-    def __init__(self, params: BaseModel, cpus: tuple[int, ...], start_ns: int = 0):
+class PoolScheduler(Generic[SumT]):
+    """Per-pool half of a scheduler, run by the host at epoch boundaries. ``SumT`` is the
+    summary record its pCPU half reports."""
+
+    name: ClassVar[str] = "base"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("place",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("add_domain", "remove_domain", "adjust", "on_msg", "boundary", "next_due", "dump")
+
+    #: set by the host: vid -> the pCPU holding its record (KeyError if none of this host)
+    locate: Callable[[int], int]
+
+    def __init__(self, params: BaseModel, cpus: tuple[int, ...], start_ns: int = 0) -> None:
         self.params = params
         self.cpus = cpus
+        self.pool = frozenset(cpus)
+        self.locate = _nowhere
 
-    def place(self, vid: int, hint: int, summaries: dict[int, Any], domain: "DomainInfo") -> int:
+    def place(self, vid: int, hint: int, summaries: Mapping[int, SumT | None], domain: "DomainInfo") -> int:
         """Choose the pCPU for a vCPU entering the pool (Xen's pick_resource at insert)."""
         raise NotImplementedError
 
@@ -211,15 +237,16 @@ class PoolScheduler:
     def adjust(self, dom: "DomainInfo") -> None:
         pass
 
-    def on_msg(self, src: int, payload: tuple) -> None:
-        """A message a pCPU sent with ``ctx.pool_msg``."""
+    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+        """A message a pCPU sent with ``ctx.pool_msg`` (or the engine's failed give); a
+        scheduler whose pCPU half sends none refuses any."""
+        raise unknown("pool half", self.name, payload)
 
-    def boundary(self, now: int, summaries: dict[int, Any], steal_reqs: list[tuple[int, int, int]], first_round: bool) -> dict[int, list[tuple]]:
+    def boundary(self, now: int, summaries: Mapping[int, SumT | None], steal_reqs: Sequence[StealRequest], first_round: bool) -> dict[int, list[Instruction]]:
         """Pool-wide work at a boundary; returns instructions per pCPU.
 
-        ``steal_reqs`` are ``(time_ns, pcpu, pri)`` in total order. Instructions are tuples the
-        engine understands (:class:`hosts.sched.messages.Give`) or the scheduler's own, passed to the
-        pCPU half's ``apply_pool``.
+        ``steal_reqs`` are in total order (time, pCPU). Instructions are ``Give`` (the engine
+        enacts it) or the scheduler's own, passed to the pCPU half's ``apply_pool``.
         """
         return {}
 
@@ -227,15 +254,15 @@ class PoolScheduler:
         """Next time the pool half must run even if no pCPU asks (e.g. accounting)."""
         return NEVER
 
-    def view_extra(self) -> dict:
+    def view_extra(self) -> ViewExtra:
         """Extra pool state broadcast to every pCPU's view at each boundary."""
-        return {}
+        return None
 
     def view_epoch(self) -> int:
         """The pool's sort epoch broadcast in every view (Credit's runq_sort; 0 otherwise)."""
         return 0
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {}
 
 
@@ -245,7 +272,7 @@ class SchedulerEntry:
     sched_id: int  # Xen's XEN_SCHEDULER_* number
     params: type[BaseModel]
     pcpu: type[PcpuScheduler]
-    pool: type[PoolScheduler]
+    pool: type[PoolScheduler[Any]]
     summary: str = ""
     #: per-domain/per-vCPU parameters (e.g. RTDS period and budget), given in a domain's
     #: ``sched`` (all vCPUs) or ``vcpu_sched`` (one each) config field; None if it has none

@@ -17,15 +17,15 @@ unit_deassign, which hands the freed pCPU to the first suitable waiter), ``NullP
 (an affinity change: null_unit_migrate), ``NullPool.boundary`` (tells pCPUs their assignment
 and moves vCPU records to the pCPU they are assigned to), ``NullScheduler.do_schedule``
 (null_schedule), ``NullScheduler.pick_pcpu`` (pick_res, with the pool's free mask as of the
-last boundary).
+last boundary: ``NullView``).
 
 Emulation of the pool-wide state. The assignment and the wait queue (Xen's ``cpus_free``,
 ``npc->unit`` and ``waitq`` under the private locks) live in the pool half, which is the only
-place that changes them; a pCPU learns its assigned vCPU through an ``("assign", vid)``
+place that changes them; a pCPU learns its assigned vCPU through a ``NullAssign``
 instruction and runs it only once its record is held there. A waiting vCPU's record is held by
 some pCPU of its hard affinity (Xen keeps a valid ``v->processor`` too) and is never run there;
-when the vCPU is assigned elsewhere the pool tells the holder to send it (``("send", vid,
-pcpu)``, an intra-pool migration).
+when the vCPU is assigned elsewhere the pool tells the holder to send it (``NullSend``, an
+intra-pool migration).
 
 Ordering and determinism. Assignment changes made by the toolstack (insert, remove, affinity)
 are decided at once, in call order, and delivered at the next epoch boundary (at once when the
@@ -37,14 +37,21 @@ Deviations from Xen: a pCPU freed between boundaries picks up its waiter at the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hosts.clock import NEVER
-from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedulerEntry, register
-from hosts.sched.credit import balance_mask, has_soft_affinity
+from hosts.domain import DomainInfo
+from hosts.sched.affinity import NO_CPUS, Masks, balance_mask, dom_affinity, has_soft_affinity
+from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, UnitRecord, register, unknown
+from hosts.sched.messages import EngineGiveFailed, GiveFailed, Instruction, NullAssign, NullSend, NullSummary, NullView, PoolMsg, StealRequest
 from hosts.vcpu import make_vid, vid_idx
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hosts.vcpu import VcpuState
+
+Out = dict[int, list[Instruction]]
 
 
 class NullParams(BaseModel):
@@ -55,7 +62,7 @@ class NullParams(BaseModel):
     name: Literal["null"] = Field("null", description="Scheduler name.")
 
 
-class NullUnit:
+class NullUnit(UnitRecord):
     """Per-unit data (``struct null_unit``): where a pending send takes the vCPU."""
 
     __slots__ = ("target",)
@@ -63,8 +70,11 @@ class NullUnit:
     def __init__(self, target: int = -1) -> None:
         self.target = target
 
-    def to_wire(self) -> dict:
-        return {"target": self.target}
+
+def unit(v: "VcpuState") -> NullUnit:
+    """The null record of a vCPU held by a null pCPU."""
+    u: NullUnit = v.sched  # typed without a call to cast (hot path)
+    return u
 
 
 class NullPcpu:
@@ -76,13 +86,7 @@ class NullPcpu:
         self.assigned = -1
 
 
-def _affinity(dom, idx: int, pool: frozenset) -> tuple[frozenset, frozenset]:
-    hard = frozenset(dom.hard_affinity[idx]) & pool if idx < len(dom.hard_affinity) and dom.hard_affinity[idx] else pool
-    soft = frozenset(dom.soft_affinity[idx]) if idx < len(dom.soft_affinity) and dom.soft_affinity[idx] else frozenset()
-    return (hard or pool, soft)
-
-
-def pick_res(cur: int, vid: int, hard: frozenset, soft: frozenset, pool: frozenset, free: frozenset, owner_of_cur: int) -> int:
+def pick_res(cur: int, vid: int, hard: frozenset[int], soft: frozenset[int], pool: frozenset[int], free: frozenset[int], owner_of_cur: int) -> int:
     """null.c pick_res: stay on ``cur`` if it is free (or ours) and in affinity, else the first
     free pCPU in affinity (soft step first), else any pCPU of the hard affinity."""
     use_soft = has_soft_affinity(hard, soft, pool)
@@ -100,92 +104,95 @@ def pick_res(cur: int, vid: int, hard: frozenset, soft: frozenset, pool: frozens
 
 class NullScheduler(PcpuScheduler):
     name = "null"
+    params: NullParams
 
-    def __init__(self, ctx, params: NullParams):
+    def __init__(self, ctx: SchedContext, params: NullParams) -> None:
         super().__init__(ctx, params)
         self.pc = NullPcpu()
 
     # --- ops table -----------------------------------------------------------------------
-    def insert(self, v, stolen: bool = False) -> None:
+    def insert(self, v: "VcpuState", stolen: bool = False) -> None:
         if not isinstance(v.sched, NullUnit):
             v.sched = NullUnit()
-        v.sched.target = -1
+        unit(v).target = -1
         if v.vid == self.pc.assigned and v.runnable() and self.ctx.curr is not v:
             self.ctx.raise_softirq()
 
-    def remove(self, v) -> None:
+    def remove(self, v: "VcpuState") -> None:
         """The record leaves; the assignment stays until the pool half says otherwise (it
         frees the pCPU when the domain leaves the pool, not when a record is taken off)."""
 
-    def wake(self, v, migrating: bool = False) -> None:
+    def wake(self, v: "VcpuState", migrating: bool = False) -> None:
         if self.ctx.curr is not v and v.vid == self.pc.assigned:
             self.ctx.raise_softirq()
 
-    def do_schedule(self, now: int, curr) -> Decision:
+    def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
         v = self.ctx.vcpus.get(self.pc.assigned) if self.pc.assigned >= 0 else None
         if v is None or not v.runnable():
             return Decision(None, -1)
         return Decision(v, -1)
 
-    def pick_pcpu(self, v, commit: bool) -> int:
+    def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
         u = v.sched
         if isinstance(u, NullUnit) and u.target >= 0:
             return u.target
         hard, soft = self.affinity(v)
         me = self.ctx.pcpu
         cur = v.last_pcpu if v.last_pcpu in self.pool else me
-        free = frozenset(self.ctx.view.extra.get("free", ()))
+        x = self.ctx.view.extra
+        free = frozenset(x.free) if type(x) is NullView else NO_CPUS
         if cur == me:
             owner = self.pc.assigned
         else:
             owner = -1 if cur in free else -2
         return pick_res(cur, v.vid, hard, soft, self.pool, free, owner)
 
-    def apply_pool(self, instr: tuple) -> None:
-        kind = instr[0]
-        if kind == "assign":
-            self.pc.assigned = instr[1]
-            self.ctx.raise_softirq()
-        elif kind == "send":
-            v = self.ctx.vcpus.get(instr[1])
-            if v is not None and instr[2] != self.ctx.pcpu:
-                if not isinstance(v.sched, NullUnit):
-                    v.sched = NullUnit()
-                v.sched.target = instr[2]
-                self.ctx.set_migrating(v)
+    def apply_pool(self, instr: Instruction) -> None:
+        match instr:
+            case NullAssign():
+                self.pc.assigned = instr.vid
+                self.ctx.raise_softirq()
+            case NullSend():
+                v = self.ctx.vcpus.get(instr.vid)
+                if v is not None and instr.to_pcpu != self.ctx.pcpu:
+                    if not isinstance(v.sched, NullUnit):
+                        v.sched = NullUnit()
+                    unit(v).target = instr.to_pcpu
+                    self.ctx.set_migrating(v)
+            case _:
+                raise unknown("pCPU half", self.name, instr)
 
-    def summary(self):
-        return self.pc.assigned
+    def summary(self) -> NullSummary:
+        return NullSummary(self.pc.assigned)
 
-    def udata_to_wire(self, udata) -> dict:
+    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
         return udata.to_wire() if isinstance(udata, NullUnit) else {}
 
-    def udata_from_wire(self, d: dict):
+    def udata_from_wire(self, d: dict[str, Any]) -> Any:
         return NullUnit(int(d.get("target", -1))) if d else NullUnit()
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {"assigned": self.pc.assigned}
 
 
-class NullPool(PoolScheduler):
+class NullPool(PoolScheduler[NullSummary]):
     """Pool-wide data (``struct null_private``): the assignment and the wait queue."""
 
     name = "null"
+    params: NullParams
 
-    def __init__(self, params: NullParams, cpus: tuple[int, ...], start_ns: int = 0):
+    def __init__(self, params: NullParams, cpus: tuple[int, ...], start_ns: int = 0) -> None:
         super().__init__(params, cpus, start_ns)
-        self.pool = frozenset(cpus)
         self.owner: dict[int, int] = {}  # pCPU -> assigned vid
         self.where: dict[int, int] = {}  # vid -> assigned pCPU
         self.waitq: list[int] = []
-        self.affinity: dict[int, tuple[frozenset, frozenset]] = {}
+        self.affinity: dict[int, Masks] = {}
         self.told: dict[int, int] = {}  # pCPU -> the assignment it was last told
         self.sent: dict[int, int] = {}  # vid -> pCPU a send was issued for
         self.dirty = False
-        self.locate = None  # set by the host: vid -> pCPU holding its record
 
     # --- helpers ---------------------------------------------------------------------------
-    def _free(self) -> frozenset:
+    def _free(self) -> frozenset[int]:
         return frozenset(c for c in self.cpus if c not in self.owner)
 
     def _assign(self, vid: int, cpu: int) -> None:
@@ -202,7 +209,7 @@ class NullPool(PoolScheduler):
         self.dirty = True
         for step in (0, 1):
             for w in self.waitq:
-                hard, soft = self.affinity.get(w, (self.pool, frozenset()))
+                hard, soft = self.affinity.get(w, (self.pool, NO_CPUS))
                 if step == 0 and not has_soft_affinity(hard, soft, self.pool):
                     continue
                 if cpu in balance_mask(step, hard, soft) & self.pool:
@@ -212,7 +219,7 @@ class NullPool(PoolScheduler):
 
     def _insert(self, vid: int, cur: int) -> int:
         """null_unit_insert: pick_res, then assign if free, else wait."""
-        hard, soft = self.affinity.get(vid, (self.pool, frozenset()))
+        hard, soft = self.affinity.get(vid, (self.pool, NO_CPUS))
         cpu = pick_res(cur, vid, hard, soft, self.pool, self._free(), self.owner.get(cur, -1))
         if cpu not in self.owner:
             self._assign(vid, cpu)
@@ -221,24 +228,24 @@ class NullPool(PoolScheduler):
         return cpu
 
     # --- domain table ----------------------------------------------------------------------
-    def add_domain(self, dom) -> None:
+    def add_domain(self, dom: DomainInfo) -> None:
         for i in range(dom.nr_vcpus):
-            self.affinity[make_vid(dom.uid, i)] = _affinity(dom, i, self.pool)
+            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)
 
-    def adjust(self, dom) -> None:
+    def adjust(self, dom: DomainInfo) -> None:
         """A new hard affinity that excludes the assigned pCPU moves the vCPU
         (null_unit_migrate: deassign, then assign to a free pCPU or wait)."""
         for i in range(dom.nr_vcpus):
             vid = make_vid(dom.uid, i)
             if vid not in self.affinity:
                 continue
-            hard, soft = self.affinity[vid] = _affinity(dom, i, self.pool)
+            hard, soft = self.affinity[vid] = dom_affinity(dom, i, self.pool)
             cpu = self.where.get(vid)
             if cpu is not None and cpu not in hard:
                 self._deassign(vid)
                 self._insert(vid, cpu)
 
-    def remove_domain(self, dom) -> None:
+    def remove_domain(self, dom: DomainInfo) -> None:
         for i in range(dom.nr_vcpus):
             vid = make_vid(dom.uid, i)
             if vid in self.waitq:
@@ -247,14 +254,17 @@ class NullPool(PoolScheduler):
             self.affinity.pop(vid, None)
             self.sent.pop(vid, None)
 
-    def on_msg(self, src: int, payload: tuple) -> None:
-        if payload[0] == "give_failed":
-            self.dirty = True
+    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+        match payload:
+            case GiveFailed() | ("give_failed", _, _):
+                self.dirty = True
+            case _:
+                raise unknown("pool half", self.name, payload)
 
     # --- placement and boundary --------------------------------------------------------------
-    def place(self, vid: int, hint: int, summaries: dict, domain) -> int:
+    def place(self, vid: int, hint: int, summaries: Mapping[int, NullSummary | None], domain: DomainInfo) -> int:
         if vid not in self.affinity:
-            self.affinity[vid] = _affinity(domain, vid_idx(vid), self.pool)
+            self.affinity[vid] = dom_affinity(domain, vid_idx(vid), self.pool)
         self.dirty = True
         if vid in self.where:  # placed again while still assigned (a failed migration)
             return self.where[vid]
@@ -263,11 +273,11 @@ class NullPool(PoolScheduler):
     def next_due(self, now: int) -> int:
         return now if self.dirty else NEVER
 
-    def view_extra(self) -> dict:
-        return {"free": tuple(sorted(self._free()))}
+    def view_extra(self) -> NullView:
+        return NullView(tuple(sorted(self._free())))
 
-    def boundary(self, now: int, summaries: dict, steal_reqs: list, first_round: bool) -> dict[int, list[tuple]]:
-        out: dict[int, list[tuple]] = {}
+    def boundary(self, now: int, summaries: Mapping[int, NullSummary | None], steal_reqs: Sequence[StealRequest], first_round: bool) -> Out:
+        out: Out = {}
         if not self.dirty:
             return out
         self.dirty = False
@@ -275,7 +285,7 @@ class NullPool(PoolScheduler):
             want = self.owner.get(cpu, -1)
             if self.told.get(cpu, -1) != want:
                 self.told[cpu] = want
-                out.setdefault(cpu, []).append(("assign", want))
+                out.setdefault(cpu, []).append(NullAssign(want))
         for vid, cpu in sorted(self.where.items()):
             try:
                 holder = self.locate(vid)
@@ -285,10 +295,10 @@ class NullPool(PoolScheduler):
                 self.sent.pop(vid, None)
             elif self.sent.get(vid) != cpu:
                 self.sent[vid] = cpu
-                out.setdefault(holder, []).append(("send", vid, cpu))
+                out.setdefault(holder, []).append(NullSend(vid, cpu))
         return out
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         return {"owner": dict(self.owner), "waitq": list(self.waitq)}
 
 
@@ -303,4 +313,4 @@ ENTRY = register(
     )
 )
 
-__all__ = ["NullParams", "NullScheduler", "NullPool"]
+__all__ = ["ENTRY", "NullParams", "NullScheduler", "NullPool"]

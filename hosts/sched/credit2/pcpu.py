@@ -1,0 +1,714 @@
+"""Credit2's per-pCPU half: burn, runqueue slice, decision, tickle, resets, pool instructions.
+
+What it does. One :class:`Credit2Scheduler` per pCPU holds the vCPUs assigned to it (its slice
+of the runqueue, in credit order) and decides over it as ``runq_candidate`` does, seeing the
+rest of its runqueue as of the last boundary (``Credit2View``). See the package comment for
+the algorithm and the emulation of the shared runqueue.
+
+Which function does each step: ``_burn`` (burn_credits, t2c_update), ``_runq_insert``
+(runq_insert), ``_candidate`` and ``_remote_first`` (runq_candidate), ``do_schedule``
+(csched2_schedule), ``_runtime`` (csched2_runtime), ``_reset`` and ``_apply_reset``
+(reset_credit), ``wake``, ``sleep``, ``context_saved`` (csched2_unit_wake/sleep,
+csched2_context_saved: the deferred requeue), ``_tickle`` and ``_score`` (runq_tickle,
+tickle_score), ``_svc_load`` (update_svc_load), ``pick_pcpu`` (csched2_res_pick through
+``records.res_pick``), ``apply_pool`` (the pool half's instructions), ``summary``; the budget
+is in ``caps.Credit2PcpuBudget``.
+
+Ordering and determinism. Everything here depends only on this pCPU's state and the last
+view; vCPUs held are scanned in vid order, the runqueue in credit order (FIFO among equals).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hosts.clock import MS, US
+from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
+from hosts.sched.base import Decision, PcpuScheduler, SchedContext, unknown
+from hosts.sched.credit2.caps import Credit2PcpuBudget
+from hosts.sched.credit2.params import (
+    CARRYOVER_MAX,
+    CREDIT_INIT,
+    CREDIT_MIN,
+    CREDIT_RESET,
+    DEFAULT_WEIGHT,
+    F_DELAYED,
+    F_MIGRATE_REQ,
+    F_PARK_PENDING,
+    F_PARKED,
+    F_PINNED,
+    F_SCHEDULED,
+    F_YIELD,
+    GEN_HISTORY,
+    IDLE_CREDIT,
+    LOADAVG_GRANULARITY_SHIFT,
+    MAX_TIMER,
+    MIGRATE_COMPENSATION,
+    MIN_TIMER,
+    PULL,
+    RING,
+    Credit2Params,
+)
+from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, runqueue_map, svc_load_at, unit
+from hosts.sched.messages import (
+    Credit2BudgetSet,
+    Credit2CapOff,
+    Credit2CapOn,
+    Credit2Curr,
+    Credit2Load,
+    Credit2Pulled,
+    Credit2Queued,
+    Credit2Reserve,
+    Credit2Reset,
+    Credit2RqMigrate,
+    Credit2Summary,
+    Credit2Untickle,
+    Credit2View,
+    Instruction,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hosts.vcpu import VcpuState
+
+#: the view before the pool half sent one
+NO_VIEW = Credit2View(0, {}, {}, {})
+_UNSEEN = object()
+
+# (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
+_Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]
+
+
+class Credit2Scheduler(Credit2PcpuBudget, PcpuScheduler):
+    name = "credit2"
+    params: Credit2Params
+
+    def __init__(self, ctx: SchedContext, params: Credit2Params) -> None:
+        super().__init__(ctx, params)
+        p = params
+        self.rqs = runqueue_map(p, ctx.view.cpus)
+        self.rq_sets = [frozenset(r) for r in self.rqs]
+        rq = next(i for i, r in enumerate(self.rqs) if ctx.pcpu in r)
+        self.rq_cpus = self.rq_sets[rq]
+        self.pc = Credit2Pcpu(rq, ctx.now)
+        self.pc.pick_bias = {i: r[0] for i, r in enumerate(self.rqs)}
+        self.ratelimit = p.ratelimit_us * US
+        self.resist = p.migrate_resist_us * US
+        self.period = p.cap_period_ms * MS
+        self.W = p.load_window_shift - LOADAVG_GRANULARITY_SHIFT
+        self.P = p.load_precision_shift
+        self._seen_view: object = _UNSEEN
+        self._view_gen = 0
+        self._removing = -1
+        self._dirty = True
+        self._cached: _Cached = ((), (), 1, (), ())
+
+    # --- helpers -------------------------------------------------------------------------
+    def _view(self) -> Credit2View:
+        x = self.ctx.view.extra
+        return x if type(x) is Credit2View else NO_VIEW
+
+    def _weight(self, v: "VcpuState") -> int:
+        d = self.ctx.domains.get(v.dom)
+        return d.weight if d is not None else DEFAULT_WEIGHT
+
+    def _idlers(self) -> frozenset[int]:
+        """Xen's rqd->idle: the others as of the last view, this pCPU as it is now."""
+        me = self.ctx.pcpu
+        idle = frozenset(self.ctx.view.idlers) - {me}
+        return idle | {me} if self.ctx.curr is None else idle
+
+    def _load_now(self) -> int:
+        return len(self.pc.runq) + (1 if self.ctx.curr is not None else 0)
+
+    def _acc(self, now: int) -> None:
+        """Account this slice's load up to now (before a hook changes it)."""
+        pc = self.pc
+        self._dirty = True
+        if now > pc.load_last_t:
+            pc.load_area += self._load_now() * (now - pc.load_last_t)
+            pc.load_last_t = now
+
+    def _svc_load(self, u: Credit2Unit, change: int, now: int, runnable: bool) -> None:
+        """update_svc_load."""
+        unit_load = 1 if change == -1 else 0 if change == 1 else int(runnable)
+        now_u = now >> LOADAVG_GRANULARITY_SHIFT
+        u.avgload = svc_load_at(u.avgload, u.load_last_update, now_u, unit_load, self.W, self.P)
+        u.load_last_update = now_u
+
+    def _fresh_view(self) -> None:
+        """On a new view: forget its tickles and budget asks, catch up a reset it shows."""
+        extra = self.ctx.view.extra
+        if extra is self._seen_view:
+            return
+        self._seen_view = extra
+        pc = self.pc
+        pc.tickled.clear()
+        pc.asked.clear()
+        rqv = self._view().rq.get(pc.rq)
+        if rqv is not None:
+            if rqv.gen > pc.gen:  # a reset we only learn of from the view (instruction lost)
+                self._apply_reset(rqv.gen, rqv.gen_amount, self.ctx.now)
+            self._view_gen = rqv.gen
+        else:
+            self._view_gen = pc.gen
+        self._update_max_weight()
+
+    def _update_max_weight(self) -> None:
+        rqv = self._view().rq.get(self.pc.rq)
+        mw = rqv.max_weight if rqv is not None else 1
+        for v in self.ctx.vcpus.values():
+            w = self._weight(v)
+            if w > mw:
+                mw = w
+        self.pc.max_weight = mw
+
+    def _remote_bonus(self, credit: int) -> int:
+        """A credit seen in the view, with the resets applied here since (view is older)."""
+        pc = self.pc
+        vgen = self._view_gen
+        if vgen >= pc.gen:
+            return credit
+        for g in range(vgen + 1, pc.gen + 1):
+            credit = min(credit + pc.gen_hist.get(g, CREDIT_INIT), CREDIT_INIT + CARRYOVER_MAX)
+        return credit
+
+    def _remote_head(self, view: Credit2View) -> int | None:
+        """The credit of the best vCPU waiting on another pCPU of this runqueue (view)."""
+        q = view.q.get(self.pc.rq)
+        if q:
+            held = self.ctx.vcpus
+            me = self.ctx.pcpu
+            for w in q:
+                if w.holder != me and w.vid not in held:
+                    return self._remote_bonus(w.credit)
+        return None
+
+    def _burn(self, v: "VcpuState", now: int) -> None:
+        """burn_credits / t2c_update."""
+        u = unit(v)
+        delta = now - u.start_time
+        if delta <= 0:
+            return
+        val = delta * self.pc.max_weight + u.residual
+        q, u.residual = divmod(val, self._weight(v))
+        u.credit = max(u.credit - q, CREDIT_MIN)
+        if u.budget is not None:
+            u.budget -= delta
+        u.start_time = now
+
+    def _credit_at(self, v: "VcpuState", now: int) -> int:
+        """The credit v would have after burning up to now (not stored)."""
+        u = unit(v)
+        delta = now - u.start_time
+        if delta <= 0:
+            return u.credit
+        return max(u.credit - (delta * self.pc.max_weight + u.residual) // self._weight(v), CREDIT_MIN)
+
+    def _c2t(self, credit: int, v: "VcpuState") -> int:
+        return credit * self._weight(v) // self.pc.max_weight
+
+    def _runq_insert(self, v: "VcpuState") -> None:
+        """runq_insert: by credit, after those with as much."""
+        runq = self.pc.runq
+        u = unit(v)
+        c = u.credit
+        i = 0
+        n = len(runq)
+        while i < n and not c > unit(runq[i]).credit:
+            i += 1
+        runq.insert(i, v)
+        u.on_runq = True
+
+    def _runq_remove(self, v: "VcpuState") -> None:
+        u = unit(v)
+        if u.on_runq:
+            self.pc.runq.remove(v)
+            u.on_runq = False
+
+    def _ring(self, kind: int = RING) -> None:
+        if len(self.rq_cpus) > 1 or len(self.rqs) > 1 or kind != RING:
+            self.ctx.request_steal(kind)
+
+    def _kick(self) -> None:
+        """Make this pCPU reschedule (the engine's softirq loop runs it at this instant, also
+        when raised from inside schedule())."""
+        self.ctx.raise_softirq()
+
+    def _set_pinned(self, v: "VcpuState") -> None:
+        u = unit(v)
+        if len(self.affinity(v)[0]) == 1:
+            u.flags |= F_PINNED
+        else:
+            u.flags &= ~F_PINNED
+
+    # --- credit resets -------------------------------------------------------------------------
+    def _apply_reset(self, gen: int, amount: int, now: int) -> None:
+        """reset_credit for the vCPUs held here: +amount, clipped, once per reset number."""
+        pc = self.pc
+        if gen <= pc.gen:
+            return
+        for g in range(pc.gen + 1, gen):
+            pc.gen_hist.setdefault(g, CREDIT_INIT)
+        pc.gen_hist[gen] = amount
+        pc.gen = gen
+        if len(pc.gen_hist) > GEN_HISTORY:
+            for g in sorted(pc.gen_hist)[:-GEN_HISTORY]:
+                del pc.gen_hist[g]
+        curr = self.ctx.curr
+        for vid in sorted(self.ctx.vcpus):
+            v = self.ctx.vcpus[vid]
+            u = v.sched
+            if not isinstance(u, Credit2Unit) or u.rq != pc.rq or u.gen >= gen:
+                continue
+            if v is curr:
+                self._burn(v, now)
+                if u.budget is not None and u.budget <= 0:
+                    self._kick()
+            self._catch_up(u, gen)
+            u.start_time = now
+
+    def _catch_up(self, u: Credit2Unit, upto: int) -> None:
+        hist = self.pc.gen_hist
+        first = max(u.gen + 1, upto - GEN_HISTORY + 1)
+        for g in range(first, upto + 1):
+            u.credit = min(u.credit + hist.get(g, CREDIT_INIT), CREDIT_INIT + CARRYOVER_MAX)
+        u.gen = max(u.gen, upto)
+
+    def _reset(self, now: int, snext: "VcpuState") -> None:
+        amount = CREDIT_INIT * (2 if unit(snext).credit == CREDIT_MIN else 1)
+        gen = self.pc.gen + 1
+        self._apply_reset(gen, amount, now)
+        self.ctx.pool_msg(Credit2Reset(self.pc.rq, gen, amount))
+        self._ring()
+
+    # --- tickling ------------------------------------------------------------------------------
+    def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool] | None:
+        """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu, None if idle."""
+        if cpu == self.ctx.pcpu:
+            cur = self.ctx.curr
+            if cur is None:
+                return None
+            self._burn(cur, now)
+            _, soft = self.affinity(cur)
+            return (unit(cur).credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
+        info = self._view().cpu.get(cpu)
+        if info is None:
+            return None
+        credit = extrapolate(self._remote_bonus(info.credit), now - info.ts, self.pc.max_weight, info.weight)
+        return (credit, info.soft_ok, is_preemptable(info.entry_ns, now, self.ratelimit))
+
+    def _score(self, v: "VcpuState", cpu: int, now: int) -> int:
+        """tickle_score."""
+        info = self._cur_info(cpu, now)
+        if info is None or not info[2]:
+            return -1
+        credit, cur_soft_ok, _ = info
+        u = unit(v)
+        score = u.credit - credit
+        if cpu != u.processor:
+            score -= self.resist
+        if score > 0:
+            _, soft = self.affinity(v)
+            if not soft or cpu in soft:
+                score += CREDIT_INIT
+            if not cur_soft_ok:
+                score += CREDIT_INIT
+        return score
+
+    def _tickle(self, v: "VcpuState", now: int) -> None:
+        """runq_tickle for v just queued here (this pCPU is its processor)."""
+        self._fresh_view()
+        ctx = self.ctx
+        me = ctx.pcpu
+        u = unit(v)
+        pc = self.pc
+        hard, soft = self.affinity(v)
+        idlers = self._idlers()
+        idle = (idlers & self.rq_cpus) - pc.tickled
+        ipid = -1
+        if u.flags & F_PINNED and me in idle:
+            ipid = me
+        else:
+            use_soft = has_soft_affinity(hard, soft, self.pool)
+            for step in (0, 1):
+                if step == 0 and not use_soft:
+                    continue
+                mask = balance_mask(step, hard, soft) & self.pool
+                cands = idle & mask  # no SMT: every idle, untickled pCPU is a fully idle core
+                if cands:
+                    ipid = me if me in cands else cycle(me, cands)
+                    break
+            if ipid < 0:
+                busy = sorted((self.rq_cpus - idlers - pc.tickled) & hard)
+                best = 0
+                if me in busy:
+                    s = self._score(v, me, now)
+                    if s > best:
+                        best, ipid = s, me
+                        if not soft or me in soft:
+                            busy = []
+                for c in busy:
+                    if c == me:
+                        continue
+                    s = self._score(v, c, now)
+                    if s > best:
+                        best, ipid = s, c
+        if ipid < 0:
+            self._ring()  # it waits: the pool may know of an idle pCPU the view does not show
+            return
+        pc.tickled.add(ipid)
+        u.tickled_cpu = ipid
+        if ipid == me:
+            self._kick()
+        else:
+            ctx.tickle(ipid)
+            self._ring()
+
+    # --- ops table -------------------------------------------------------------------------------
+    def insert(self, v: "VcpuState", stolen: bool = False) -> None:
+        now = self.ctx.now
+        self._acc(now)
+        pc = self.pc
+        me = self.ctx.pcpu
+        if isinstance(v.sched, Credit2Unit):
+            u = v.sched
+        elif v.sched:
+            u = v.sched = Credit2Unit.from_wire(v.sched)
+        else:
+            u = v.sched = Credit2Unit()
+            u.avgload = 1 << (self.P - 1)  # new units start at 50 % load
+            u.load_last_update = now >> LOADAVG_GRANULARITY_SHIFT
+            u.processor = me
+            u.rq = pc.rq
+            u.gen = pc.gen
+            d = self.ctx.domains.get(v.dom)
+            u.budget = 0 if d is not None and d.cap else None
+        u.on_runq = False
+        u.flags &= ~(F_SCHEDULED | F_DELAYED | F_PARK_PENDING)
+        if u.rq != pc.rq:
+            u.rq = pc.rq  # _runq_assign: a new runqueue, its own reset numbers
+            u.gen = pc.gen
+        elif u.gen < pc.gen:
+            self._catch_up(u, pc.gen)
+        if not stolen:
+            u.processor = me
+        self._set_pinned(v)
+        if u.flags & F_PARKED:
+            pc.parked.setdefault(v.dom, []).append(v.vid)
+        if self._weight(v) > pc.max_weight:
+            pc.max_weight = self._weight(v)  # update_max_weight
+        if stolen:
+            self._runq_insert(v)
+            if v.vid in pc.pull_expect:
+                pc.pull_expect.discard(v.vid)
+                pc.pull_bypass = True
+            self.ctx.raise_softirq()
+
+    def remove(self, v: "VcpuState") -> None:
+        self._acc(self.ctx.now)
+        u = v.sched
+        if not isinstance(u, Credit2Unit):
+            return
+        self._runq_remove(v)
+        self._forget_parked(v)
+        if u.flags & F_PARKED:  # leaving the pool: our pause goes with us
+            u.flags &= ~F_PARKED
+            self._removing = v.vid
+            self.ctx.unpark(v)
+            self._removing = -1
+
+    def _forget_parked(self, v: "VcpuState") -> None:
+        lst = self.pc.parked.get(v.dom)
+        if lst and v.vid in lst:
+            lst.remove(v.vid)
+
+    def migrate(self, v: "VcpuState", new_pcpu: int) -> None:
+        self._acc(self.ctx.now)
+        self._runq_remove(v)
+        self._forget_parked(v)
+
+    def wake(self, v: "VcpuState", migrating: bool = False) -> None:
+        if v.vid == self._removing:
+            return
+        now = self.ctx.now
+        self._acc(now)
+        u = unit(v)
+        if self.ctx.curr is not v and not u.on_runq:
+            if u.flags & F_SCHEDULED:
+                u.flags |= F_DELAYED
+            else:
+                self._svc_load(u, 1, now, True)
+                self._runq_insert(v)
+                self._tickle(v, now)
+
+    def sleep(self, v: "VcpuState") -> None:
+        now = self.ctx.now
+        self._acc(now)
+        u = unit(v)
+        if self.ctx.curr is v:
+            self.ctx.raise_softirq()
+        elif u.on_runq:
+            self._svc_load(u, -1, now, False)
+            self._runq_remove(v)
+        else:
+            u.flags &= ~F_DELAYED
+
+    def yield_(self, v: "VcpuState") -> None:
+        unit(v).flags |= F_YIELD
+
+    def adjust_affinity(self, v: "VcpuState") -> None:
+        self._set_pinned(v)
+
+    def context_saved(self, v: "VcpuState") -> None:
+        now = self.ctx.now
+        self._acc(now)
+        u = unit(v)
+        u.flags &= ~F_SCHEDULED
+        if u.flags & F_PARK_PENDING:
+            u.flags &= ~F_PARK_PENDING
+            self._park(v)
+        unpark = self._return_budget(v)
+        if u.flags & F_DELAYED and v.runnable():
+            u.flags &= ~F_DELAYED
+            self._runq_insert(v)
+            self._tickle(v, now)
+        else:
+            u.flags &= ~F_DELAYED
+            self._svc_load(u, -1, now, False)
+        if unpark:
+            self._unpark_dom(v.dom)
+
+    def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
+        """csched2_res_pick: the least loaded runqueue of the (soft, then hard) affinity, then
+        the next pCPU after the runqueue's pick bias."""
+        u = unit(v)
+        hard, soft = self.affinity(v)
+        if u.migrate_cpu >= 0 and u.migrate_cpu in hard:
+            cpu = u.migrate_cpu
+            if commit:
+                u.migrate_cpu = -1
+                u.flags &= ~F_MIGRATE_REQ
+            return cpu
+        rqv = self._view().rq
+        loads = [rqv[i].load if i in rqv else 0 for i in range(len(self.rqs))]
+        if 0 <= u.rq < len(loads):
+            loads[u.rq] = max(loads[u.rq] - u.avgload, 0)
+        i, mask = res_pick(hard, soft, self.pool, self.rq_sets, loads)
+        cpu = cycle(self.pc.pick_bias.get(i, self.rqs[i][0]), mask)
+        self.pc.pick_bias[i] = cpu
+        return cpu
+
+    # --- the decision ----------------------------------------------------------------------------
+    def _candidate(self, scurr: "VcpuState | None", now: int, view: Credit2View) -> tuple["VcpuState | None", bool]:
+        """runq_candidate over this pCPU's slice; returns (snext, pull) where pull says a vCPU
+        waiting on another pCPU would have come first in the shared runqueue."""
+        me = self.ctx.pcpu
+        pc = self.pc
+        yield_ = False
+        bypass = pc.pull_bypass
+        pc.pull_bypass = False
+        snext: VcpuState | None = None
+        snext_credit = IDLE_CREDIT
+        if scurr is not None:
+            su = unit(scurr)
+            yield_ = bool(su.flags & F_YIELD)
+            su.flags &= ~F_YIELD
+            runnable = scurr.runnable() and not su.flags & F_PARK_PENDING
+            if not yield_ and not bypass and self.ratelimit and runnable and now - scurr.state_entry_ns < self.ratelimit:
+                return scurr, False
+            soft_aff_preempt = False
+            hard, soft = self.affinity(scurr)
+            if has_soft_affinity(hard, soft, self.pool):
+                sm = balance_mask(0, hard, soft)
+                if me not in sm:
+                    idle = (self._idlers() - pc.tickled) & sm & self.pool
+                    soft_aff_preempt = bool(idle - {me})
+            if runnable and not soft_aff_preempt:
+                snext = scurr
+                snext_credit = su.credit
+        local = None
+        for v in list(pc.runq):
+            u = unit(v)
+            if not v.runnable():
+                continue
+            if me not in self.affinity(v)[0]:
+                continue
+            if not may_take(me, me, u.tickled_cpu, u.processor, u.credit, snext_credit, self.resist):
+                continue  # reserved for the pCPU tickled for it, or it resists migrating
+            local = u.credit
+            if (yield_ or u.credit > snext_credit) and (u.budget is None or self._grab(v, running=False)):
+                snext = v
+            break
+        pull = self._remote_first(view, local, snext_credit, yield_)
+        return snext, pull
+
+    def _remote_first(self, view: Credit2View, local_credit: int | None, snext_credit: int, yield_: bool) -> bool:
+        """Would a vCPU queued on another pCPU of this runqueue (as of the last view) come
+        before the local choice in runq_candidate's scan, and be taken?"""
+        q = view.q.get(self.pc.rq)
+        if not q:
+            return False
+        me = self.ctx.pcpu
+        for w in q:
+            if w.holder == me or w.vid in self.ctx.vcpus:
+                continue
+            if w.hard and me not in w.hard:
+                continue
+            credit = self._remote_bonus(w.credit)
+            if not may_take(me, w.holder, w.tickled, w.processor, credit, snext_credit, self.resist):
+                continue
+            if local_credit is not None and not credit > local_credit:
+                return False
+            return yield_ or credit > snext_credit
+        return False
+
+    def _runtime(self, snext: "VcpuState", u: Credit2Unit, now: int, continuing: bool, remote: int | None) -> int:
+        """csched2_runtime; ``remote`` is the best credit waiting on another pCPU (view)."""
+        min_time = MIN_TIMER
+        if self.ratelimit:
+            rl = self.ratelimit
+            if continuing:
+                rl = snext.state_entry_ns + self.ratelimit - now
+            min_time = max(min_time, rl)
+        rt_credit = u.credit
+        swait = unit(self.pc.runq[0]).credit if self.pc.runq else None
+        if remote is not None and (swait is None or remote > swait):
+            swait = remote
+        if swait is not None and swait > 0:
+            rt_credit = u.credit - swait
+        t = self._c2t(rt_credit, snext) if rt_credit > 0 else 0
+        if u.budget is not None:
+            t = min(u.budget, t)
+        if t < min_time:
+            t = min_time
+        elif t > MAX_TIMER:
+            t = MAX_TIMER
+        return t
+
+    def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
+        self._acc(now)
+        self._fresh_view()
+        view = self._view()
+        ctx = self.ctx
+        pc = self.pc
+        me = ctx.pcpu
+        pc.tickled.discard(me)
+        cu = None
+        if curr is not None:
+            cu = unit(curr)
+            self._burn(curr, now)
+            if cu.budget is not None and cu.budget <= 0:
+                self._grab(curr, running=True)
+        snext, pull = self._candidate(curr, now, view)
+        if pull and pc.rang_seq != view.seq:
+            pc.rang_seq = view.seq
+            self._ring(PULL)
+        if snext is not curr and curr is not None and cu is not None and curr.runnable() and not cu.flags & F_PARK_PENDING:
+            cu.flags |= F_DELAYED
+        if snext is None:
+            return Decision(None, -1)
+        su = cu if snext is curr and cu is not None else unit(snext)
+        if snext is not curr:
+            self._runq_remove(snext)
+            su.flags |= F_SCHEDULED
+        top = su.credit
+        if pc.runq:
+            top = max(top, unit(pc.runq[0]).credit)
+        remote = self._remote_head(view)
+        if remote is not None:
+            top = max(top, remote)
+        if top <= CREDIT_RESET:
+            self._reset(now, snext)
+            remote = self._remote_head(view)  # the reset applies to what the view shows too
+        su.start_time = now
+        su.tickled_cpu = -1
+        if su.processor != me:
+            su.credit += MIGRATE_COMPENSATION
+            su.processor = me
+        return Decision(snext, self._runtime(snext, su, now, snext is curr, remote))
+
+    def timer(self, name: str, now: int) -> None:
+        """Credit2 arms no timers of its own (no tick): decisions carry their runtime."""
+
+    # --- pool instructions -------------------------------------------------------------------------
+    def apply_pool(self, instr: Instruction) -> None:
+        now = self.ctx.now
+        self._acc(now)
+        ctx = self.ctx
+        match instr:
+            case Credit2Reset():
+                if instr.rq == self.pc.rq:
+                    self._apply_reset(instr.gen, instr.amount, now)
+            case Credit2Untickle():
+                v = ctx.vcpus.get(instr.vid)
+                if v is not None and unit(v).tickled_cpu != ctx.pcpu:
+                    unit(v).tickled_cpu = -1
+                    ctx.raise_softirq()
+            case Credit2Pulled():
+                self.pc.pull_expect.add(instr.vid)
+            case Credit2RqMigrate():
+                v = ctx.vcpus.get(instr.vid)
+                if v is not None:
+                    u = unit(v)
+                    u.migrate_cpu = instr.to_pcpu
+                    u.flags |= F_MIGRATE_REQ
+                    ctx.set_migrating(v)
+            case Credit2BudgetSet():
+                self._budget_set(instr)
+            case Credit2CapOn():
+                self._cap_on(instr, now)
+            case Credit2CapOff():
+                self._cap_off(instr)
+            case _:
+                raise unknown("pCPU half", self.name, instr)
+
+    def summary(self) -> Credit2Summary:
+        ctx = self.ctx
+        now = ctx.now
+        pc = self.pc
+        cur = ctx.curr
+        if cur is not None and isinstance(cur.sched, Credit2Unit):
+            _, soft = self.affinity(cur)
+            ci = Credit2Curr(cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft)
+        else:
+            ci = None
+        if self._dirty:
+            self._dirty = False
+            queued = []
+            for v in pc.runq:
+                u = unit(v)
+                queued.append(Credit2Queued(v.vid, u.credit, u.tickled_cpu, u.processor))
+            # per-unit loads matter with several runqueues; demand for budget with caps
+            every = len(self.rqs) > 1
+            units = []
+            max_w = 1
+            for vid in sorted(ctx.vcpus):
+                v = ctx.vcpus[vid]
+                uu = v.sched
+                if not isinstance(uu, Credit2Unit):
+                    continue
+                w = self._weight(v)
+                if w > max_w:
+                    max_w = w
+                if every or uu.budget is not None or uu.flags & F_PARKED:
+                    units.append(Credit2Load(vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ)))
+            reserves = tuple(Credit2Reserve(uid, r) for uid, r in sorted(pc.reserve.items()))
+            self._cached = (tuple(queued), tuple(units), max_w, reserves, tuple(sorted(ctx.vcpus)))
+        queued_, units_, max_w_, reserves_, held = self._cached
+        area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)
+        return Credit2Summary(now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held)
+
+    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
+        return udata.to_wire() if isinstance(udata, Credit2Unit) else dict(udata or {})
+
+    def udata_from_wire(self, d: dict[str, Any]) -> Any:
+        return Credit2Unit.from_wire(d) if d else {}
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "rq": self.pc.rq,
+            "gen": self.pc.gen,
+            "runq": [(v.vid, unit(v).credit) for v in self.pc.runq],
+            "reserve": dict(self.pc.reserve),
+            "parked": {k: list(x) for k, x in self.pc.parked.items()},
+        }
