@@ -24,19 +24,21 @@ When to use it. Xen's default: general-purpose, mixed workloads, low wake-up lat
 boost (credit ordering alone favours vCPUs that sleep), good scalability. Per-domain ``weight``
 (1..65535) and ``cap`` as for Credit.
 
-Where each step is. ``params`` (Credit2Params, Xen's constants), ``records`` (the unit,
+Where each step is. ``params`` (Credit2Params, Xen's constants); ``records`` (the unit,
 pCPU, domain and runqueue records, and what both halves compute alike: load averages,
 ``res_pick`` for csched2_res_pick, ``runqueue_map`` for cpu_add_to_runqueue, ``may_take`` and
-``is_preemptable``), ``pcpu`` (``Credit2Scheduler``: ``_burn`` burn_credits/t2c_update,
-``_runq_insert`` runq_insert, ``_candidate`` runq_candidate, ``do_schedule`` csched2_schedule,
-``_runtime`` csched2_runtime, ``_reset``/``_apply_reset`` reset_credit, ``wake``/``sleep``/
+``is_preemptable``); the per-pCPU half in three layers: ``runq.Credit2Slice`` (``_burn``
+burn_credits/t2c_update, ``_runq_insert`` runq_insert, ``_reset``/``_apply_reset``
+reset_credit, ``_svc_load`` update_svc_load), ``caps.Credit2PcpuBudget`` (``_grab``/
+``_return_budget``/``_unpark_dom`` unit_grab_budget, unit_return_budget, park_unit,
+unpark_parked_units) and ``pcpu.Credit2Scheduler`` (``_candidate`` runq_candidate,
+``do_schedule`` csched2_schedule, ``_runtime`` csched2_runtime, ``wake``/``sleep``/
 ``context_saved`` with the deferred requeue, ``_tickle``/``_score`` runq_tickle/tickle_score,
-``_svc_load`` update_svc_load, ``pick_pcpu``), ``pool`` (``Credit2Pool``: ``place``, the
-boundary's ``_moves`` for the shared runqueue, below), ``balance`` (``_update_loads``
-update_runq_load, ``_balance`` balance_load/consider/migrate), ``caps`` (``_grab``/
-``_return_budget`` unit_grab_budget/unit_return_budget/park_unit/unpark_parked_units,
-``_caps`` replenish_domain_budget). The messages between the halves are in
-``hosts.sched.messages`` (``Credit2Summary``, ``Credit2View``, ``Credit2Reset``, ...).
+``pick_pcpu``); the pool half ``pool.Credit2Pool`` (``place``; the boundary's ``_moves`` for
+the shared runqueue, below) with ``balance`` (``_update_loads`` update_runq_load,
+``_balance`` balance_load/consider/migrate) and ``caps`` (``_caps`` replenish_domain_budget).
+The messages between the halves are in ``hosts.sched.messages`` (``Credit2Summary``,
+``Credit2View``, ``Credit2Reset``, ...).
 
 Emulation of the shared runqueue. In Xen the pCPUs of a runqueue share one queue under one
 lock. Here each pCPU holds the vCPUs assigned to it: its slice of the runqueue, in credit

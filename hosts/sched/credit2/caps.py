@@ -1,4 +1,4 @@
-"""Credit2 caps: a capped domain's budget, on both halves (mixed into the scheduler classes).
+"""Credit2 caps: a capped domain's budget, on both halves.
 
 What it does. A cap gives a domain a budget of ``cap`` % of ``cap_period_ms`` (10 ms),
 refilled every period (overdraft carried, never above the total); a vCPU takes a quota of
@@ -6,10 +6,11 @@ max(total / nr_vcpus, 500 us) before it runs and returns what it did not use whe
 and a vCPU that finds none is parked (paused) until budget is back. In Xen the budget is one
 pool per domain under a lock; here it is split among the pCPUs that hold the domain's vCPUs.
 
-Which function does each step. pCPU half (:class:`Credit2PcpuBudget`): ``_grab``
+Which function does each step. pCPU half (:class:`Credit2PcpuBudget`, between
+``runq.Credit2Slice`` and ``pcpu.Credit2Scheduler``): ``_grab``
 (unit_grab_budget, park_unit), ``_return_budget`` (unit_return_budget), ``_unpark_dom``
 (unpark_parked_units), and the instructions ``Credit2BudgetSet``, ``Credit2CapOn``,
-``Credit2CapOff``. Pool half (:class:`Credit2PoolBudget`): ``_caps`` (replenish_domain_budget
+``Credit2CapOff``. Pool half (:class:`Credit2PoolBudget`, mixed into ``pool.Credit2Pool``): ``_caps`` (replenish_domain_budget
 and the cap changes of csched2_dom_cntl), ``_distribute`` (the split by demand),
 ``_rebalance_budget`` (a pCPU that ran out gathers what the others have left).
 
@@ -26,28 +27,19 @@ from typing import TYPE_CHECKING
 
 from hosts.clock import NEVER
 from hosts.sched.credit2.params import F_PARK_PENDING, F_PARKED, MIN_TIMER
-from hosts.sched.credit2.records import Credit2Dom, Credit2Pcpu, Credit2Unit, unit
+from hosts.sched.credit2.records import Credit2Dom, Credit2Unit, unit
+from hosts.sched.credit2.runq import Credit2Slice
 from hosts.sched.messages import Credit2BudgetSet, Credit2BudgetWant, Credit2CapOff, Credit2CapOn, Credit2Summary, Instruction
 from hosts.vcpu import vid_dom
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hosts.sched.base import SchedContext
     from hosts.vcpu import VcpuState
 
 Out = dict[int, list[Instruction]]
 
 
-class Credit2PcpuBudget:
-    """The budget half of the per-pCPU scheduler."""
-
-    ctx: "SchedContext"
-    pc: Credit2Pcpu
-    period: int
-
-    if TYPE_CHECKING:  # provided by Credit2Scheduler
-
-        def _burn(self, v: "VcpuState", now: int) -> None: ...
-        def _ring(self, kind: int = ...) -> None: ...
+class Credit2PcpuBudget(Credit2Slice):
+    """The budget part of the per-pCPU half."""
 
     def _quota(self, uid: int) -> int:
         d = self.ctx.domains.get(uid)

@@ -1,285 +1,44 @@
-"""Credit2's per-pCPU half: burn, runqueue slice, decision, tickle, resets, pool instructions.
+"""Credit2's per-pCPU half: the ops table, the decision, tickles and the pool's instructions.
 
 What it does. One :class:`Credit2Scheduler` per pCPU holds the vCPUs assigned to it (its slice
-of the runqueue, in credit order) and decides over it as ``runq_candidate`` does, seeing the
-rest of its runqueue as of the last boundary (``Credit2View``). See the package comment for
-the algorithm and the emulation of the shared runqueue.
+of the runqueue, in credit order, kept by ``runq.Credit2Slice``) and decides over it as
+``runq_candidate`` does, seeing the rest of its runqueue as of the last boundary
+(``Credit2View``). See the package comment for the algorithm and the emulation of the shared
+runqueue.
 
-Which function does each step: ``_burn`` (burn_credits, t2c_update), ``_runq_insert``
-(runq_insert), ``_candidate`` and ``_remote_first`` (runq_candidate), ``do_schedule``
-(csched2_schedule), ``_runtime`` (csched2_runtime), ``_reset`` and ``_apply_reset``
-(reset_credit), ``wake``, ``sleep``, ``context_saved`` (csched2_unit_wake/sleep,
-csched2_context_saved: the deferred requeue), ``_tickle`` and ``_score`` (runq_tickle,
-tickle_score), ``_svc_load`` (update_svc_load), ``pick_pcpu`` (csched2_res_pick through
-``records.res_pick``), ``apply_pool`` (the pool half's instructions), ``summary``; the budget
-is in ``caps.Credit2PcpuBudget``.
+Which function does each step: ``_candidate`` and ``_remote_first`` (runq_candidate),
+``do_schedule`` (csched2_schedule), ``_runtime`` (csched2_runtime), ``wake``, ``sleep``,
+``context_saved`` (csched2_unit_wake/sleep, csched2_context_saved: the deferred requeue),
+``_tickle``, ``_score`` and ``_cur_info`` (runq_tickle, tickle_score, is_preemptable),
+``pick_pcpu`` (csched2_res_pick through ``records.res_pick``), ``apply_pool`` (the pool half's
+instructions), ``summary`` (``Credit2Summary``); the budget is in ``caps.Credit2PcpuBudget``.
 
 Ordering and determinism. Everything here depends only on this pCPU's state and the last
-view; vCPUs held are scanned in vid order, the runqueue in credit order (FIFO among equals).
+view; vCPUs held are scanned in vid order, the runqueue in credit order (FIFO among equals),
+busy pCPUs to tickle in id order.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hosts.clock import MS, US
 from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
-from hosts.sched.base import Decision, PcpuScheduler, SchedContext, unknown
+from hosts.sched.base import Decision, unknown
 from hosts.sched.credit2.caps import Credit2PcpuBudget
-from hosts.sched.credit2.params import (
-    CARRYOVER_MAX,
-    CREDIT_INIT,
-    CREDIT_MIN,
-    CREDIT_RESET,
-    DEFAULT_WEIGHT,
-    F_DELAYED,
-    F_MIGRATE_REQ,
-    F_PARK_PENDING,
-    F_PARKED,
-    F_PINNED,
-    F_SCHEDULED,
-    F_YIELD,
-    GEN_HISTORY,
-    IDLE_CREDIT,
-    LOADAVG_GRANULARITY_SHIFT,
-    MAX_TIMER,
-    MIGRATE_COMPENSATION,
-    MIN_TIMER,
-    PULL,
-    RING,
-    Credit2Params,
-)
-from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, runqueue_map, svc_load_at, unit
-from hosts.sched.messages import (
-    Credit2BudgetSet,
-    Credit2CapOff,
-    Credit2CapOn,
-    Credit2Curr,
-    Credit2Load,
-    Credit2Pulled,
-    Credit2Queued,
-    Credit2Reserve,
-    Credit2Reset,
-    Credit2RqMigrate,
-    Credit2Summary,
-    Credit2Untickle,
-    Credit2View,
-    Instruction,
-)
+from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_RESET, F_DELAYED, F_MIGRATE_REQ, F_PARK_PENDING, F_PARKED, F_PINNED, F_SCHEDULED, F_YIELD, IDLE_CREDIT
+from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, MAX_TIMER, MIGRATE_COMPENSATION, MIN_TIMER, PULL
+from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, unit
+from hosts.sched.messages import Credit2BudgetSet, Credit2CapOff, Credit2CapOn, Credit2Curr, Credit2Load, Credit2Pulled, Credit2Queued
+from hosts.sched.messages import Credit2Reserve, Credit2Reset, Credit2RqMigrate, Credit2Summary, Credit2Untickle, Credit2View, Instruction
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
 
-#: the view before the pool half sent one
-NO_VIEW = Credit2View(0, {}, {}, {})
-_UNSEEN = object()
 
-# (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
-_Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]
+class Credit2Scheduler(Credit2PcpuBudget):
+    """The per-pCPU half of Credit2: the ops table over the slice (``runq.Credit2Slice``)."""
 
-
-class Credit2Scheduler(Credit2PcpuBudget, PcpuScheduler):
     name = "credit2"
-    params: Credit2Params
-
-    def __init__(self, ctx: SchedContext, params: Credit2Params) -> None:
-        super().__init__(ctx, params)
-        p = params
-        self.rqs = runqueue_map(p, ctx.view.cpus)
-        self.rq_sets = [frozenset(r) for r in self.rqs]
-        rq = next(i for i, r in enumerate(self.rqs) if ctx.pcpu in r)
-        self.rq_cpus = self.rq_sets[rq]
-        self.pc = Credit2Pcpu(rq, ctx.now)
-        self.pc.pick_bias = {i: r[0] for i, r in enumerate(self.rqs)}
-        self.ratelimit = p.ratelimit_us * US
-        self.resist = p.migrate_resist_us * US
-        self.period = p.cap_period_ms * MS
-        self.W = p.load_window_shift - LOADAVG_GRANULARITY_SHIFT
-        self.P = p.load_precision_shift
-        self._seen_view: object = _UNSEEN
-        self._view_gen = 0
-        self._removing = -1
-        self._dirty = True
-        self._cached: _Cached = ((), (), 1, (), ())
-
-    # --- helpers -------------------------------------------------------------------------
-    def _view(self) -> Credit2View:
-        x = self.ctx.view.extra
-        return x if type(x) is Credit2View else NO_VIEW
-
-    def _weight(self, v: "VcpuState") -> int:
-        d = self.ctx.domains.get(v.dom)
-        return d.weight if d is not None else DEFAULT_WEIGHT
-
-    def _idlers(self) -> frozenset[int]:
-        """Xen's rqd->idle: the others as of the last view, this pCPU as it is now."""
-        me = self.ctx.pcpu
-        idle = frozenset(self.ctx.view.idlers) - {me}
-        return idle | {me} if self.ctx.curr is None else idle
-
-    def _load_now(self) -> int:
-        return len(self.pc.runq) + (1 if self.ctx.curr is not None else 0)
-
-    def _acc(self, now: int) -> None:
-        """Account this slice's load up to now (before a hook changes it)."""
-        pc = self.pc
-        self._dirty = True
-        if now > pc.load_last_t:
-            pc.load_area += self._load_now() * (now - pc.load_last_t)
-            pc.load_last_t = now
-
-    def _svc_load(self, u: Credit2Unit, change: int, now: int, runnable: bool) -> None:
-        """update_svc_load."""
-        unit_load = 1 if change == -1 else 0 if change == 1 else int(runnable)
-        now_u = now >> LOADAVG_GRANULARITY_SHIFT
-        u.avgload = svc_load_at(u.avgload, u.load_last_update, now_u, unit_load, self.W, self.P)
-        u.load_last_update = now_u
-
-    def _fresh_view(self) -> None:
-        """On a new view: forget its tickles and budget asks, catch up a reset it shows."""
-        extra = self.ctx.view.extra
-        if extra is self._seen_view:
-            return
-        self._seen_view = extra
-        pc = self.pc
-        pc.tickled.clear()
-        pc.asked.clear()
-        rqv = self._view().rq.get(pc.rq)
-        if rqv is not None:
-            if rqv.gen > pc.gen:  # a reset we only learn of from the view (instruction lost)
-                self._apply_reset(rqv.gen, rqv.gen_amount, self.ctx.now)
-            self._view_gen = rqv.gen
-        else:
-            self._view_gen = pc.gen
-        self._update_max_weight()
-
-    def _update_max_weight(self) -> None:
-        rqv = self._view().rq.get(self.pc.rq)
-        mw = rqv.max_weight if rqv is not None else 1
-        for v in self.ctx.vcpus.values():
-            w = self._weight(v)
-            if w > mw:
-                mw = w
-        self.pc.max_weight = mw
-
-    def _remote_bonus(self, credit: int) -> int:
-        """A credit seen in the view, with the resets applied here since (view is older)."""
-        pc = self.pc
-        vgen = self._view_gen
-        if vgen >= pc.gen:
-            return credit
-        for g in range(vgen + 1, pc.gen + 1):
-            credit = min(credit + pc.gen_hist.get(g, CREDIT_INIT), CREDIT_INIT + CARRYOVER_MAX)
-        return credit
-
-    def _remote_head(self, view: Credit2View) -> int | None:
-        """The credit of the best vCPU waiting on another pCPU of this runqueue (view)."""
-        q = view.q.get(self.pc.rq)
-        if q:
-            held = self.ctx.vcpus
-            me = self.ctx.pcpu
-            for w in q:
-                if w.holder != me and w.vid not in held:
-                    return self._remote_bonus(w.credit)
-        return None
-
-    def _burn(self, v: "VcpuState", now: int) -> None:
-        """burn_credits / t2c_update."""
-        u = unit(v)
-        delta = now - u.start_time
-        if delta <= 0:
-            return
-        val = delta * self.pc.max_weight + u.residual
-        q, u.residual = divmod(val, self._weight(v))
-        u.credit = max(u.credit - q, CREDIT_MIN)
-        if u.budget is not None:
-            u.budget -= delta
-        u.start_time = now
-
-    def _credit_at(self, v: "VcpuState", now: int) -> int:
-        """The credit v would have after burning up to now (not stored)."""
-        u = unit(v)
-        delta = now - u.start_time
-        if delta <= 0:
-            return u.credit
-        return max(u.credit - (delta * self.pc.max_weight + u.residual) // self._weight(v), CREDIT_MIN)
-
-    def _c2t(self, credit: int, v: "VcpuState") -> int:
-        return credit * self._weight(v) // self.pc.max_weight
-
-    def _runq_insert(self, v: "VcpuState") -> None:
-        """runq_insert: by credit, after those with as much."""
-        runq = self.pc.runq
-        u = unit(v)
-        c = u.credit
-        i = 0
-        n = len(runq)
-        while i < n and not c > unit(runq[i]).credit:
-            i += 1
-        runq.insert(i, v)
-        u.on_runq = True
-
-    def _runq_remove(self, v: "VcpuState") -> None:
-        u = unit(v)
-        if u.on_runq:
-            self.pc.runq.remove(v)
-            u.on_runq = False
-
-    def _ring(self, kind: int = RING) -> None:
-        if len(self.rq_cpus) > 1 or len(self.rqs) > 1 or kind != RING:
-            self.ctx.request_steal(kind)
-
-    def _kick(self) -> None:
-        """Make this pCPU reschedule (the engine's softirq loop runs it at this instant, also
-        when raised from inside schedule())."""
-        self.ctx.raise_softirq()
-
-    def _set_pinned(self, v: "VcpuState") -> None:
-        u = unit(v)
-        if len(self.affinity(v)[0]) == 1:
-            u.flags |= F_PINNED
-        else:
-            u.flags &= ~F_PINNED
-
-    # --- credit resets -------------------------------------------------------------------------
-    def _apply_reset(self, gen: int, amount: int, now: int) -> None:
-        """reset_credit for the vCPUs held here: +amount, clipped, once per reset number."""
-        pc = self.pc
-        if gen <= pc.gen:
-            return
-        for g in range(pc.gen + 1, gen):
-            pc.gen_hist.setdefault(g, CREDIT_INIT)
-        pc.gen_hist[gen] = amount
-        pc.gen = gen
-        if len(pc.gen_hist) > GEN_HISTORY:
-            for g in sorted(pc.gen_hist)[:-GEN_HISTORY]:
-                del pc.gen_hist[g]
-        curr = self.ctx.curr
-        for vid in sorted(self.ctx.vcpus):
-            v = self.ctx.vcpus[vid]
-            u = v.sched
-            if not isinstance(u, Credit2Unit) or u.rq != pc.rq or u.gen >= gen:
-                continue
-            if v is curr:
-                self._burn(v, now)
-                if u.budget is not None and u.budget <= 0:
-                    self._kick()
-            self._catch_up(u, gen)
-            u.start_time = now
-
-    def _catch_up(self, u: Credit2Unit, upto: int) -> None:
-        hist = self.pc.gen_hist
-        first = max(u.gen + 1, upto - GEN_HISTORY + 1)
-        for g in range(first, upto + 1):
-            u.credit = min(u.credit + hist.get(g, CREDIT_INIT), CREDIT_INIT + CARRYOVER_MAX)
-        u.gen = max(u.gen, upto)
-
-    def _reset(self, now: int, snext: "VcpuState") -> None:
-        amount = CREDIT_INIT * (2 if unit(snext).credit == CREDIT_MIN else 1)
-        gen = self.pc.gen + 1
-        self._apply_reset(gen, amount, now)
-        self.ctx.pool_msg(Credit2Reset(self.pc.rq, gen, amount))
-        self._ring()
 
     # --- tickling ------------------------------------------------------------------------------
     def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool] | None:

@@ -29,7 +29,7 @@ from hosts.sched.affinity import NO_CPUS, Masks, cycle, dom_affinity
 from hosts.sched.base import PoolScheduler, unknown
 from hosts.sched.credit2.balance import Credit2Balancer
 from hosts.sched.credit2.caps import Credit2PoolBudget
-from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_MIN, IDLE_CREDIT, LOADAVG_GRANULARITY_SHIFT, PULL, Credit2Params
+from hosts.sched.credit2.params import CREDIT_INIT, IDLE_CREDIT, LOADAVG_GRANULARITY_SHIFT, PULL, Credit2Params
 from hosts.sched.credit2.records import Credit2Dom, Credit2Runqueue, extrapolate, is_preemptable, may_take, res_pick, runqueue_map
 from hosts.sched.messages import (
     Credit2BudgetWant,
