@@ -169,12 +169,6 @@ class Arinc653Scheduler(PcpuScheduler):
         cur = v.last_pcpu if v.last_pcpu >= 0 else self.ctx.pcpu
         return cur if cur in hard else min(hard)
 
-    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
-        return {}
-
-    def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return {}
-
     def dump(self) -> dict[str, Any]:
         entries, major = self._entries()
         return {"major_frame_ns": major, "entries": entries}

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Pro
 from pydantic import BaseModel
 
 from hosts.clock import NEVER
-from hosts.sched.affinity import Masks, affinity_masks
+from hosts.sched.affinity import NO_CPUS, Masks, affinity_masks, dom_affinity
 from hosts.sched.messages import EngineGiveFailed, Instruction, PoolMsg, PoolView, StealRequest, Summary, ViewExtra
+from hosts.vcpu import make_vid
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.domain import DomainInfo
@@ -111,6 +112,8 @@ class PcpuScheduler:
     """Per-pCPU half of a scheduler. Subclasses set ``name`` and implement the hooks."""
 
     name: ClassVar[str] = "base"
+    #: the record this scheduler keeps in ``VcpuState.sched`` (None: a plain dict)
+    unit_type: ClassVar[type[UnitRecord] | None] = None
     REQUIRED: ClassVar[tuple[str, ...]] = ("insert", "remove", "do_schedule", "pick_pcpu")
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "wake",
@@ -187,10 +190,14 @@ class PcpuScheduler:
 
     def udata_to_wire(self, udata: Any) -> dict[str, Any]:
         """Per-unit data as a plain dict, for a move to another pCPU."""
+        if isinstance(udata, UnitRecord):
+            return udata.to_wire()
         return dict(udata) if udata else {}
 
     def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return dict(d)
+        """The record back from its dict; {} stays {} (``insert`` makes a new record)."""
+        t = self.unit_type
+        return t.from_wire(d) if t is not None and d else dict(d)
 
     def horizon(self) -> int:
         """Earliest time this scheduler may need the pool (default: only via events)."""
@@ -220,6 +227,16 @@ class PoolScheduler(Generic[SumT]):
         self.cpus = cpus
         self.pool = frozenset(cpus)
         self.locate = _nowhere
+        self.affinity: dict[int, Masks] = {}  # vid -> (hard, soft), from the domain table
+
+    def set_affinity(self, dom: "DomainInfo") -> None:
+        """Record the masks of every vCPU of ``dom`` (from the domain table)."""
+        for i in range(dom.nr_vcpus):
+            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)
+
+    def masks(self, vid: int) -> Masks:
+        """(hard, soft) of a vCPU; the whole pool for one the pool half has not seen."""
+        return self.affinity.get(vid, (self.pool, NO_CPUS))
 
     def place(self, vid: int, hint: int, summaries: Mapping[int, SumT | None], domain: "DomainInfo") -> int:
         """Choose the pCPU for a vCPU entering the pool (Xen's pick_resource at insert)."""

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hosts.clock import NEVER
 from hosts.domain import DomainInfo
-from hosts.sched.affinity import NO_CPUS, Masks, balance_mask, dom_affinity, has_soft_affinity
+from hosts.sched.affinity import NO_CPUS, balance_mask, dom_affinity, has_soft_affinity
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, UnitRecord, register, unknown
 from hosts.sched.messages import EngineGiveFailed, GiveFailed, Instruction, NullAssign, NullSend, NullSummary, NullView, PoolMsg, StealRequest
 from hosts.vcpu import make_vid, vid_idx
@@ -104,6 +104,7 @@ def pick_res(cur: int, vid: int, hard: frozenset[int], soft: frozenset[int], poo
 
 class NullScheduler(PcpuScheduler):
     name = "null"
+    unit_type = NullUnit
     params: NullParams
 
     def __init__(self, ctx: SchedContext, params: NullParams) -> None:
@@ -165,12 +166,6 @@ class NullScheduler(PcpuScheduler):
     def summary(self) -> NullSummary:
         return NullSummary(self.pc.assigned)
 
-    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
-        return udata.to_wire() if isinstance(udata, NullUnit) else {}
-
-    def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return NullUnit(int(d.get("target", -1))) if d else NullUnit()
-
     def dump(self) -> dict[str, Any]:
         return {"assigned": self.pc.assigned}
 
@@ -186,7 +181,6 @@ class NullPool(PoolScheduler[NullSummary]):
         self.owner: dict[int, int] = {}  # pCPU -> assigned vid
         self.where: dict[int, int] = {}  # vid -> assigned pCPU
         self.waitq: list[int] = []
-        self.affinity: dict[int, Masks] = {}
         self.told: dict[int, int] = {}  # pCPU -> the assignment it was last told
         self.sent: dict[int, int] = {}  # vid -> pCPU a send was issued for
         self.dirty = False
@@ -209,7 +203,7 @@ class NullPool(PoolScheduler[NullSummary]):
         self.dirty = True
         for step in (0, 1):
             for w in self.waitq:
-                hard, soft = self.affinity.get(w, (self.pool, NO_CPUS))
+                hard, soft = self.masks(w)
                 if step == 0 and not has_soft_affinity(hard, soft, self.pool):
                     continue
                 if cpu in balance_mask(step, hard, soft) & self.pool:
@@ -219,7 +213,7 @@ class NullPool(PoolScheduler[NullSummary]):
 
     def _insert(self, vid: int, cur: int) -> int:
         """null_unit_insert: pick_res, then assign if free, else wait."""
-        hard, soft = self.affinity.get(vid, (self.pool, NO_CPUS))
+        hard, soft = self.masks(vid)
         cpu = pick_res(cur, vid, hard, soft, self.pool, self._free(), self.owner.get(cur, -1))
         if cpu not in self.owner:
             self._assign(vid, cpu)
@@ -229,8 +223,7 @@ class NullPool(PoolScheduler[NullSummary]):
 
     # --- domain table ----------------------------------------------------------------------
     def add_domain(self, dom: DomainInfo) -> None:
-        for i in range(dom.nr_vcpus):
-            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)
+        self.set_affinity(dom)
 
     def adjust(self, dom: DomainInfo) -> None:
         """A new hard affinity that excludes the assigned pCPU moves the vCPU

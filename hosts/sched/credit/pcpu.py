@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class CreditScheduler(PcpuScheduler):
     name = "credit"
+    unit_type = CreditVcpu
     params: CreditParams
 
     def __init__(self, ctx: SchedContext, params: CreditParams) -> None:
@@ -313,12 +314,6 @@ class CreditScheduler(PcpuScheduler):
                 self.ctx.pool_msg(CreditAcctStop(m.vid))
                 u.credit = credit = credit // 2
         self.ctx.pool_msg(CreditAcctCredit(credit))
-
-    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
-        return udata.to_wire() if isinstance(udata, CreditVcpu) else dict(udata or {})
-
-    def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return CreditVcpu.from_wire(d) if d else CreditVcpu()
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from hosts.clock import MS, US
 from hosts.domain import DomainInfo
-from hosts.sched.affinity import NO_CPUS, Masks, balance_mask, cycle, dom_affinity, has_soft_affinity
+from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
 from hosts.sched.base import PoolScheduler, unknown
 from hosts.sched.credit.params import CREDITS_PER_MSEC, PRI_OVER, CreditParams
 from hosts.sched.credit.records import CreditDom, cpu_pick
@@ -77,17 +77,12 @@ class CreditPool(PoolScheduler[CreditSummary]):
         self.next_acct = start_ns + self.tslice
         self.balance_bias = cpus[0] if cpus else 0
         self.migr_delay = params.vcpu_migration_delay_us * US
-        self.affinity: dict[int, Masks] = {}
         self._now = 0
 
     # --- domain table ----------------------------------------------------------------------
-    def _set_aff(self, dom: DomainInfo) -> None:
-        for i in range(dom.nr_vcpus):
-            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)
-
     def add_domain(self, dom: DomainInfo) -> None:
         self.doms[dom.uid] = CreditDom(dom.weight, dom.cap)
-        self._set_aff(dom)
+        self.set_affinity(dom)
 
     def adjust(self, dom: DomainInfo) -> None:
         """csched_dom_cntl putinfo: a weight change rescales the pool weight."""
@@ -99,7 +94,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
             self.weight += dom.weight * len(sd.active)
         sd.weight = dom.weight
         sd.cap = dom.cap
-        self._set_aff(dom)
+        self.set_affinity(dom)
 
     def remove_domain(self, dom: DomainInfo) -> None:
         sd = self.doms.pop(dom.uid, None)
@@ -140,7 +135,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
 
     # --- placement -----------------------------------------------------------------------
     def place(self, vid: int, hint: int, summaries: Mapping[int, CreditSummary | None], domain: DomainInfo) -> int:
-        hard, soft = self.affinity.get(vid, (self.pool, NO_CPUS))
+        hard, soft = self.masks(vid)
         idlers = {c for c, s in summaries.items() if s is not None and s.curr_vid < 0}
         cur = hint if hint in self.pool else min(self.pool)
         s = summaries.get(cur)
@@ -236,7 +231,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
                         for j, q in enumerate(ps.runq):
                             if q.pri <= pri:
                                 break
-                            hard, soft = self.affinity.get(q.vid, (self.pool, NO_CPUS))
+                            hard, soft = self.masks(q.vid)
                             if step == 0 and not has_soft_affinity(hard, soft, self.pool):
                                 continue
                             if cpu not in balance_mask(step, hard, soft):

@@ -19,9 +19,8 @@ difference replaces it). A vCPU moved by the balancer is left alone until it arr
 
 from __future__ import annotations
 
-from typing import Callable
-
-from hosts.sched.affinity import NO_CPUS, Masks, cycle
+from hosts.sched.affinity import cycle
+from hosts.sched.base import PoolScheduler
 from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, Credit2Params
 from hosts.sched.credit2.records import Credit2Runqueue, load_update, svc_load_at
 from hosts.sched.messages import Credit2RqMigrate, Credit2Summary, Instruction
@@ -29,13 +28,11 @@ from hosts.sched.messages import Credit2RqMigrate, Credit2Summary, Instruction
 Out = dict[int, list[Instruction]]
 
 
-class Credit2Balancer:
+class Credit2Balancer(PoolScheduler[Credit2Summary]):
     """Load tracking and the balancer of the pool half."""
 
     params: Credit2Params
-    pool: frozenset[int]
     rqs: list[Credit2Runqueue]
-    affinity: dict[int, Masks]
     unit_rq: dict[int, int]  # vid -> the runqueue it is assigned to
     unit_avg: dict[int, int]  # vid -> its load average as last reported
     last_area: dict[int, int]  # pCPU -> its load integral at the last sample
@@ -43,10 +40,6 @@ class Credit2Balancer:
     moves: dict[str, int]
     W: int
     P: int
-    locate: Callable[[int], int]
-
-    def _hard(self, vid: int) -> frozenset[int]:
-        return self.affinity.get(vid, (self.pool, NO_CPUS))[0]
 
     def _update_loads(self, now: int, S: dict[int, Credit2Summary]) -> None:
         """update_runq_load for every runqueue, from the pCPUs' load integrals; max_weight;
@@ -127,7 +120,7 @@ class Credit2Balancer:
                     mig.add(ul.vid)
 
         def migrateable(vid: int, r: Credit2Runqueue) -> bool:
-            return vid not in mig and vid not in self.inflight and bool(self._hard(vid) & r.cpuset)
+            return vid not in mig and vid not in self.inflight and bool(self.masks(vid)[0] & r.cpuset)
 
         best_d = load_delta
         best_push: int | None = None
@@ -165,7 +158,7 @@ class Credit2Balancer:
 
     def _migrate(self, vid: int, trq: Credit2Runqueue, frq: Credit2Runqueue, avg: dict[int, int], out: Out) -> None:
         """migrate(): the unit goes to a pCPU of ``trq`` (after its switch-out if running)."""
-        mask = self._hard(vid) & trq.cpuset
+        mask = self.masks(vid)[0] & trq.cpuset
         if not mask:
             return
         cpu = cycle(trq.pick_bias, mask)

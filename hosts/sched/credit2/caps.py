@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hosts.clock import NEVER
+from hosts.sched.base import PoolScheduler
 from hosts.sched.credit2.params import F_PARK_PENDING, F_PARKED, MIN_TIMER
 from hosts.sched.credit2.records import Credit2Dom, Credit2Unit, unit
 from hosts.sched.credit2.runq import Credit2Slice
@@ -131,10 +132,9 @@ class Credit2PcpuBudget(Credit2Slice):
         self._unpark_dom(m.uid)
 
 
-class Credit2PoolBudget:
-    """The budget half of the pool scheduler."""
+class Credit2PoolBudget(PoolScheduler[Credit2Summary]):
+    """The budget part of the pool half."""
 
-    cpus: tuple[int, ...]
     doms: dict[int, Credit2Dom]
     period: int
     pending_work: bool

@@ -457,12 +457,6 @@ class Credit2Scheduler(Credit2PcpuBudget):
         area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)
         return Credit2Summary(now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held)
 
-    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
-        return udata.to_wire() if isinstance(udata, Credit2Unit) else dict(udata or {})
-
-    def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return Credit2Unit.from_wire(d) if d else {}
-
     def dump(self) -> dict[str, Any]:
         return {
             "rq": self.pc.rq,

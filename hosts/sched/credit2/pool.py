@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 
 from hosts.clock import MS, NEVER, US
 from hosts.domain import DomainInfo
-from hosts.sched.affinity import NO_CPUS, Masks, cycle, dom_affinity
-from hosts.sched.base import PoolScheduler, unknown
+from hosts.sched.affinity import cycle
+from hosts.sched.base import unknown
 from hosts.sched.credit2.balance import Credit2Balancer
 from hosts.sched.credit2.caps import Credit2PoolBudget
 from hosts.sched.credit2.params import CREDIT_INIT, IDLE_CREDIT, LOADAVG_GRANULARITY_SHIFT, PULL, Credit2Params
@@ -55,7 +55,7 @@ Out = dict[int, list[Instruction]]
 Queued = tuple[int, int, int, int, int]
 
 
-class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summary]):
+class Credit2Pool(Credit2Balancer, Credit2PoolBudget):
     """Pool-wide data (``struct csched2_private``): runqueues, domains, and the work that
     needs the shared runqueue (see the package comment)."""
 
@@ -73,7 +73,6 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
         self.W = params.load_window_shift - LOADAVG_GRANULARITY_SHIFT
         self.P = params.load_precision_shift
         self.doms: dict[int, Credit2Dom] = {}
-        self.affinity: dict[int, Masks] = {}
         self.unit_rq: dict[int, int] = {}
         self.unit_avg: dict[int, int] = {}
         self.last_area: dict[int, int] = {}
@@ -87,13 +86,9 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
         self.moves = {"tickled": 0, "idle": 0, "pull": 0, "balance": 0}  # gives by reason
 
     # --- domain table ----------------------------------------------------------------------
-    def _set_aff(self, dom: DomainInfo) -> None:
-        for i in range(dom.nr_vcpus):
-            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)
-
     def add_domain(self, dom: DomainInfo) -> None:
         self.doms[dom.uid] = Credit2Dom(dom.weight, dom.cap, dom.nr_vcpus)
-        self._set_aff(dom)
+        self.set_affinity(dom)
         if dom.cap:
             self.pending_work = True
 
@@ -113,7 +108,7 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
                 sd.tot_budget = self.period * dom.cap // 100
             sd.cap = dom.cap
             self.pending_work = True
-        self._set_aff(dom)
+        self.set_affinity(dom)
 
     def remove_domain(self, dom: DomainInfo) -> None:
         self.doms.pop(dom.uid, None)
@@ -144,8 +139,8 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
     def place(self, vid: int, hint: int, summaries: Mapping[int, Credit2Summary | None], domain: DomainInfo) -> int:
         """csched2_res_pick at insert: the least loaded runqueue, then its next pCPU."""
         if vid not in self.affinity:
-            self._set_aff(domain)
-        hard, soft = self.affinity.get(vid, (self.pool, NO_CPUS))
+            self.set_affinity(domain)
+        hard, soft = self.masks(vid)
         i, mask = res_pick(hard, soft, self.pool, self.rq_sets, [r.b_avgload for r in self.rqs])
         r = self.rqs[i]
         cpu = cycle(r.pick_bias, mask)
@@ -240,7 +235,7 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
             for credit, vid, holder, tickled, processor in queued[rqid]:
                 if tickled < 0 or tickled == holder or vid in self.inflight:
                     continue
-                hard = self._hard(vid)
+                hard = self.masks(vid)[0]
                 ok = tickled in self.pool and self.rq_of.get(tickled) == rqid and tickled in hard and tickled not in busy_target
                 if ok and tickled in cur:
                     cc, entry = cur[tickled]
@@ -274,7 +269,7 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
         for credit, vid, holder, tickled, processor in sorted(queued[self.rq_of[c]], key=_rank):
             if holder == c or vid in moved or vid in self.inflight:
                 continue
-            if c not in self._hard(vid):
+            if c not in self.masks(vid)[0]:
                 continue
             if not may_take(c, holder, tickled, processor, credit, snext_credit, self.resist):
                 continue
@@ -298,7 +293,7 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget, PoolScheduler[Credit2Summa
         for rid, lst in self._queued_view.items():
             ent = []
             for credit, vid, holder, tickled, processor in lst:
-                hard = self._hard(vid)
+                hard = self.masks(vid)[0]
                 ent.append(Credit2Waiting(credit, vid, holder, tickled, processor, tuple(sorted(hard)) if hard != self.pool else ()))
             if ent:
                 q[rid] = tuple(ent)

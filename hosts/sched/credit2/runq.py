@@ -40,6 +40,7 @@ class Credit2Slice(PcpuScheduler):
     """The per-pCPU half's state and the operations on it (see the module comment)."""
 
     name = "credit2"
+    unit_type = Credit2Unit
     params: Credit2Params
 
     def __init__(self, ctx: SchedContext, params: Credit2Params) -> None:

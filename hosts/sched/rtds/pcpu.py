@@ -49,6 +49,7 @@ _UNSEEN = object()
 
 class RtdsScheduler(PcpuScheduler):
     name = "rtds"
+    unit_type = RtdsUnit
     params: RtdsParams
 
     def __init__(self, ctx: SchedContext, params: RtdsParams) -> None:
@@ -405,12 +406,6 @@ class RtdsScheduler(PcpuScheduler):
             q.append(RtdsPrio(v.vid, u.level, u.cur_deadline))
         nxt = unit(self.pc.replq[0]).cur_deadline if self.pc.replq else NEVER
         return RtdsSummary(ci, tuple(q), nxt)
-
-    def udata_to_wire(self, udata: Any) -> dict[str, Any]:
-        return udata.to_wire() if isinstance(udata, RtdsUnit) else dict(udata or {})
-
-    def udata_from_wire(self, d: dict[str, Any]) -> Any:
-        return RtdsUnit.from_wire(d) if d else {}
 
     def dump(self) -> dict[str, Any]:
         return {

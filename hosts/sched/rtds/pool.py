@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from hosts.clock import NEVER
 from hosts.domain import DomainInfo
-from hosts.sched.affinity import cycle, dom_affinity
+from hosts.sched.affinity import cycle
 from hosts.sched.base import PoolScheduler, unknown
 from hosts.sched.messages import (
     EngineGiveFailed,
@@ -54,21 +54,16 @@ class RtdsPool(PoolScheduler[RtdsSummary]):
 
     def __init__(self, params: RtdsParams, cpus: tuple[int, ...], start_ns: int = 0) -> None:
         super().__init__(params, cpus, start_ns)
-        self.affinity: dict[int, frozenset[int]] = {}  # vid -> hard affinity
         self.seq = 0
         self.view = RtdsView(0, {}, ())
         self.next_repl: dict[int, int] = {}
         self.inflight: dict[int, int] = {}  # vid -> pCPU it was given to, until it shows up
 
-    def _set_aff(self, dom: DomainInfo) -> None:
-        for i in range(dom.nr_vcpus):
-            self.affinity[make_vid(dom.uid, i)] = dom_affinity(dom, i, self.pool)[0]
-
     def add_domain(self, dom: DomainInfo) -> None:
-        self._set_aff(dom)
+        self.set_affinity(dom)
 
     def adjust(self, dom: DomainInfo) -> None:
-        self._set_aff(dom)
+        self.set_affinity(dom)
 
     def remove_domain(self, dom: DomainInfo) -> None:
         for i in range(dom.nr_vcpus):
@@ -84,7 +79,7 @@ class RtdsPool(PoolScheduler[RtdsSummary]):
                 raise unknown("pool half", self.name, payload)
 
     def place(self, vid: int, hint: int, summaries: Mapping[int, RtdsSummary | None], domain: DomainInfo) -> int:
-        hard = self.affinity.get(vid, self.pool)
+        hard = self.masks(vid)[0]
         return hint if hint in hard else cycle(hint, hard)
 
     def next_due(self, now: int) -> int:
@@ -145,7 +140,7 @@ class RtdsPool(PoolScheduler[RtdsSummary]):
             if run_on >= 0 and run_on not in taken:
                 taken[run_on] = vid
                 continue
-            cands = sorted(self.affinity.get(vid, self.pool) - set(taken))
+            cands = sorted(self.masks(vid)[0] - set(taken))
             if not cands:
                 continue
             idle = [c for c in cands if c not in running]
@@ -174,7 +169,7 @@ class RtdsPool(PoolScheduler[RtdsSummary]):
         for lv, dl, vid, holder, run_on in units:
             if run_on >= 0:
                 continue
-            hard = self.affinity.get(vid, self.pool)
+            hard = self.masks(vid)[0]
             q.append(RtdsWaiting(lv, dl, vid, holder, tuple(sorted(hard)) if hard != self.pool else ()))
         cur = {c: running[c] for c in sorted(running)}
         v = self.view
