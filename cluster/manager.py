@@ -5,18 +5,19 @@ the hosts in coarse steps: all hosts advance together to the next instant the to
 act (a config event, a migration step) or by at most ``control_period_ms``, and then it acts,
 with every host standing at that instant. Hosts never talk to each other except through it.
 
-It talks to hosts only through handles (``HostHandle``): ``submit`` a method call, later
-``result`` it, so that under Ray all hosts run their stretch in parallel while the manager
-waits once. The same class runs in-process under the inline backend and inside the
-domain-manager actor under Ray.
+It talks to hosts only through typed clients (``cluster.hostclient.HostClient``) whose
+methods return pending answers, so that under Ray all hosts run their stretch in parallel
+while the manager waits once. The same class runs in-process under the inline backend and
+inside the domain-manager actor under Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from hosts.clock import NEVER
 from hosts.domain import DomainInfo
+from hosts.messages import PcpuReport
 
 from cluster.config import Plan, TimedEvent
 from cluster.config.schema import (
@@ -32,18 +33,18 @@ from cluster.config.schema import (
     UnpauseAction,
 )
 from cluster.errors import HostLost, ManagerError, RunIncomplete
+from cluster.hostclient import HostClient, Pending
+
+if TYPE_CHECKING:
+    from cluster.migration import Migration
 from cluster.network import Network
 
 
-class HostHandle(Protocol):
-    name: str
-
-    def submit(self, method: str, *args: Any) -> Any: ...
-    def result(self, fut: Any) -> Any: ...
+T = TypeVar("T")
 
 
 class DomainManager:
-    def __init__(self, plan: Plan, hosts: dict[str, HostHandle]):
+    def __init__(self, plan: Plan, hosts: dict[str, HostClient]):
         self.plan = plan
         self.hosts = hosts
         self.now = 0
@@ -51,32 +52,26 @@ class DomainManager:
         self.where: dict[int, str] = dict(plan.dom_host)
         self.by_name: dict[str, int] = {d.name: d.uid for d in plan.domains if not d.is_dom0}
         self.events = list(plan.events)
-        self.log: list[dict] = []
+        self.log: list[dict[str, Any]] = []
         self.destroyed: set[int] = set()
-        self.activities: list[Any] = []  # long-running toolstack work (migrations), stepped in time
+        self.activities: list[Migration] = []  # long-running toolstack work (migrations), stepped in time
         self.net = Network.from_config(list(plan.hosts), plan.links, plan.net_default_mbit_s, plan.net_default_latency_us, plan.nics)
         self.failed: dict[str, int] = {}  # host -> time it failed
         self.lost_hosts: dict[str, int] = {}  # host -> time its Ray node was found dead
         self.lost: dict[int, int] = {}  # domain uid -> time it was lost with its host
-        self.migrations: list[Any] = []
+        self.migrations: list[Migration] = []
+        self.host_stats: dict[str, dict[str, Any]] = {}
         self._mig_seq = 0
 
-    # --- helpers -----------------------------------------------------------------------------
-    def call(self, host: str, method: str, *args: Any) -> Any:
-        h = self.hosts[host]
-        try:
-            return h.result(h.submit(method, *args))
-        except Exception as exc:  # noqa: BLE001
-            self._maybe_lost([(host, exc)])
-            raise
-
-    def call_all(self, method: str, *args: Any) -> dict[str, Any]:
-        live = {name: h for name, h in self.hosts.items() if name not in self.failed and name not in self.lost_hosts}
-        futs = {name: h.submit(method, *args) for name, h in live.items()}
-        out, errors = {}, []
-        for name, f in futs.items():  # gather every host, so the survivors stand at the same time
+    # --- talking to hosts ----------------------------------------------------------------------
+    def gather(self, futs: dict[str, Pending[T]]) -> dict[str, T]:
+        """Wait for every host's answer (so the survivors stand at the same instant even if
+        one fails), then raise the first error; a host lost with its node stops the run."""
+        out: dict[str, T] = {}
+        errors: list[tuple[str, Exception]] = []
+        for name, f in futs.items():
             try:
-                out[name] = live[name].result(f)
+                out[name] = f.result()
             except Exception as exc:  # noqa: BLE001
                 errors.append((name, exc))
         if errors:
@@ -84,18 +79,25 @@ class DomainManager:
             raise errors[0][1]
         return out
 
-    def _maybe_lost(self, errors: list) -> None:
+    def ask(self, host: str, answer: Pending[T]) -> T:
+        """The answer of one request to ``host``."""
+        return self.gather({host: answer})[host]
+
+    def live_hosts(self) -> dict[str, HostClient]:
+        return {name: h for name, h in self.hosts.items() if name not in self.failed and name not in self.lost_hosts}
+
+    def _maybe_lost(self, errors: list[tuple[str, Exception]]) -> None:
         """A host whose actors died with their node: abort what involves it, stop the run."""
-        lost = [(h, e) for h, e in errors if isinstance(e, HostLost)]
+        lost = [(e.host, e) for _h, e in errors if isinstance(e, HostLost)]
         if not lost:
             return
         for h, _e in lost:
             self.lost_hosts[h] = self.now
             self.failed[h] = self.now
         for m in list(self.activities):
-            if getattr(m, "src", None) in self.lost_hosts or getattr(m, "dst", None) in self.lost_hosts:
+            if m.src in self.lost_hosts or m.dst in self.lost_hosts:
                 try:
-                    m.abort(self.now, f"host {getattr(m, 'dst', '?') if getattr(m, 'dst', None) in self.lost_hosts else getattr(m, 'src', '?')} lost with its Ray node")
+                    m.abort(self.now, f"host {m.dst if m.dst in self.lost_hosts else m.src} lost with its Ray node")
                 except Exception:  # noqa: BLE001 - the run stops anyway
                     pass
         for uid, host in self.where.items():
@@ -103,24 +105,18 @@ class DomainManager:
                 self.lost.setdefault(uid, self.now)
         raise RunIncomplete(sorted(self.lost_hosts), self.now, "; ".join(str(e) for _h, e in lost))
 
-    def call_blob(self, host: str, method: str, blob: Any, *args: Any) -> Any:
-        """Call ``method(*args, blob)``; ``blob`` may be another host's future (under Ray it
-        then travels from that host's actor to this one without passing through here)."""
-        h = self.hosts[host]
-        return h.result(h.submit_blob(method, blob, *args))
-
-    def transfer_pages(self, src: str, dst: str, uid: int, pfns) -> int:
+    def transfer_pages(self, src: str, dst: str, uid: int, pfns: Any) -> int:
         """One PAGE_DATA record from the source's memory into the destination's, host to host.
         Returns the number of pages that carried data."""
-        fut = self.hosts[src].submit("read_page_data", uid, pfns.tobytes())
-        return self.hosts[dst].result(self.hosts[dst].submit_blob("apply_page_data", fut, uid))
+        record = self.hosts[src].read_page_data(uid, pfns.tobytes())
+        return self.ask(dst, self.hosts[dst].apply_page_data(uid, record))
 
-    def domain_counters(self, uid: int, hosts: list[str] | None = None) -> dict:
+    def domain_counters(self, uid: int, hosts: list[str] | None = None) -> dict[str, int]:
         tot: dict[str, int] = {}
         for h in hosts or [self.where[uid]]:
             if h in self.failed:
                 continue
-            for k, v in self.call(h, "probe_domain", uid).items():
+            for k, v in self.ask(h, self.hosts[h].probe_domain(uid)).items():
                 tot[k] = tot.get(k, 0) + v
         return tot
 
@@ -136,11 +132,7 @@ class DomainManager:
         per_host: dict[str, list[DomainInfo]] = {}
         for d in sorted(self.domains.values(), key=lambda d: d.uid):
             per_host.setdefault(self.where[d.uid], []).append(d)
-        futs = {}
-        for host, doms in per_host.items():
-            futs[host] = self.hosts[host].submit("create_domains", [d.to_dict() for d in doms])
-        for host, f in futs.items():
-            self.hosts[host].result(f)
+        self.gather({host: self.hosts[host].create_domains([d.to_dict() for d in doms]) for host, doms in per_host.items()})
 
     def next_action_ns(self) -> int:
         t = self.events[0].at_ns if self.events else NEVER
@@ -156,13 +148,16 @@ class DomainManager:
                 break
             nxt = min(t_end, self.next_action_ns(), self.now + self.plan.control_period_ns)
             try:
-                self.call_all("run_until", nxt)
+                self.run_hosts(nxt)
             except RunIncomplete as exc:
                 self.now = exc.now = nxt  # the surviving hosts reached it; the lost ones died on the way
                 raise
             self.now = nxt
             if progress is not None:
                 progress(self.now)
+
+    def run_hosts(self, t_ns: int) -> None:
+        self.gather({name: h.run_until(t_ns) for name, h in self.live_hosts().items()})
 
     def _act(self) -> None:
         while self.events and self.events[0].at_ns <= self.now:
@@ -183,40 +178,42 @@ class DomainManager:
 
     def apply_event(self, ev: TimedEvent) -> None:
         act = ev.action
-        name = getattr(act, "domain")
+        if isinstance(act, (FailHostAction, CutLinkAction, RestoreLinkAction)):
+            raise ManagerError(f"event {ev.kind!r} is not a domain event")
+        name = act.domain
         uid = self.uid(name)
         host = self.where[uid]
+        h = self.hosts[host]
         entry = {"at_ns": self.now, "event": ev.kind, "domain": name, "host": host}
         if uid in self.destroyed:
             entry["skipped"] = "domain destroyed"
         elif uid in self.lost:
             entry["skipped"] = "domain lost with its host"
-        elif any(getattr(m, "uid", None) == uid and not m.done for m in self.activities):
+        elif any(m.uid == uid and not m.done for m in self.activities):
             entry["skipped"] = "domain is being migrated"
         elif isinstance(act, PinAction):
-            self.call(host, "set_affinity", uid, act.vcpu, act.hard, act.soft)
+            self.ask(host, h.set_affinity(uid, act.vcpu, act.hard, act.soft))
         elif isinstance(act, SetAction):
-            changes = {k: v for k, v in (("weight", act.weight), ("cap", act.cap)) if v is not None}
-            self.call(host, "adjust_domain", uid, changes)
-            for k, v in changes.items():
-                setattr(self.domains[uid], k, v)
+            self.ask(host, h.adjust_domain(uid, act.weight, act.cap))
+            if act.weight is not None:
+                self.domains[uid].weight = act.weight
+            if act.cap is not None:
+                self.domains[uid].cap = act.cap
         elif isinstance(act, PauseAction):
-            self.call(host, "pause_domain", uid)
+            self.ask(host, h.pause_domain(uid))
         elif isinstance(act, UnpauseAction):
-            self.call(host, "unpause_domain", uid)
+            self.ask(host, h.unpause_domain(uid))
         elif isinstance(act, DestroyAction):
-            self.call(host, "pause_domain", uid)
-            self.call(host, "kill_domain", uid)
+            self.ask(host, h.pause_domain(uid))
+            self.ask(host, h.kill_domain(uid))
             self.destroyed.add(uid)
         elif isinstance(act, MigrateAction):
             self.start_migration(uid, act, entry)
         elif isinstance(act, PoolMoveAction):
             entry["detail"] = f"to pool {act.pool}"
-            self.call(host, "pause_domain", uid)
+            self.ask(host, h.pause_domain(uid))
             self.wait_settled(host, uid)
-            self.call(host, "move_domain_pool", uid, act.pool)
-        else:
-            raise ManagerError(f"event {ev.kind!r} is not a domain event")
+            self.ask(host, h.move_domain_pool(uid, act.pool))
         self.log.append(entry)
 
     def apply_cluster_event(self, ev: TimedEvent) -> None:
@@ -231,19 +228,19 @@ class DomainManager:
             entry["detail"] = f"{act.a}-{act.b}"
             broken = self.net.set_link(act.a, act.b, up, self.now)
             for m in list(self.activities):
-                if getattr(m, "fid", None) in broken:
+                if m.fid in broken:
                     m.abort(self.now, f"link {act.a}-{act.b} cut")
         else:
             raise ManagerError(f"event {ev.kind!r} is not a cluster event")
         self.log.append(entry)
 
-    def fail_host(self, host: str, entry: dict) -> None:
+    def fail_host(self, host: str, entry: dict[str, Any]) -> None:
         """A host crashes: its domains are lost, migrations to or from it abort."""
         if host in self.failed:
             return
         self.failed[host] = self.now
         for m in list(self.activities):
-            if host in (getattr(m, "src", None), getattr(m, "dst", None)):
+            if host in (m.src, m.dst):
                 m.abort(self.now, f"host {host} failed")
         for uid, h in self.where.items():
             if h == host and uid not in self.destroyed:
@@ -253,12 +250,12 @@ class DomainManager:
     def wait_settled(self, host: str, uid: int, step_ns: int = 10_000) -> None:
         """After a pause, let the hosts run (10 us at a time) until the domain's vCPUs are off
         their pCPUs; a vCPU in Xen finishes its hypercall or chunk first (stackless)."""
-        while not self.call(host, "settled", uid):
+        while not self.ask(host, self.hosts[host].settled(uid)):
             self.now += step_ns
-            self.call_all("run_until", self.now)
+            self.run_hosts(self.now)
 
     # --- migrations ------------------------------------------------------------------------------
-    def start_migration(self, uid: int, act: MigrateAction, entry: dict) -> None:
+    def start_migration(self, uid: int, act: MigrateAction, entry: dict[str, Any]) -> None:
         from cluster.migration import Migration
 
         self._mig_seq += 1
@@ -269,10 +266,10 @@ class DomainManager:
         entry["detail"] = f"{mid} to {act.to} ({m.policy.name})"
         m.step(self.now)
 
-    def migration_done(self, m) -> None:
+    def migration_done(self, m: "Migration") -> None:
         self.log.append({"at_ns": self.now, "event": f"migration {m.out.status}", "domain": m.out.domain, "host": m.dst, "detail": m.out.stop_reason or m.out.reason})
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """What the run's outputs need from the toolstack (plain data)."""
         return {
             "where": dict(self.where),
@@ -282,10 +279,10 @@ class DomainManager:
             "files": self.extra_files(),
         }
 
-    def extra_summary(self) -> dict:
+    def extra_summary(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        stats = getattr(self, "host_stats", {})
+        stats = self.host_stats
         return {
             "boundaries": sum(s["boundaries"] for s in stats.values()),
             "rounds": sum(s["rounds"] for s in stats.values()),
@@ -296,17 +293,16 @@ class DomainManager:
             "lost_domains": {u: t for u, t in self.lost.items()},
         }
 
-    def extra_files(self) -> dict:
+    def extra_files(self) -> dict[str, Any]:
         return {}
 
-    def finish(self) -> dict[str, list[dict]]:
+    def finish(self) -> dict[str, list[PcpuReport]]:
         """Close every host's books (a failed host's at the instant it failed; a lost host has
         none); returns per host the pCPU reports."""
-        alive = [name for name in self.hosts if name not in self.lost_hosts]
-        stats = {name: self.call(name, "stats") for name in alive}
+        alive = {name: h for name, h in self.hosts.items() if name not in self.lost_hosts}
+        stats = {name: self.ask(name, h.stats()) for name, h in alive.items()}
         for name, t in self.failed.items():
             if name in stats:
                 stats[name]["failed_at_ns"] = t
         self.host_stats = stats
-        futs = {name: self.hosts[name].submit("finish") for name in alive}
-        return {name: self.hosts[name].result(f) for name, f in futs.items()}
+        return self.gather({name: h.finish() for name, h in alive.items()})

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hosts.messages import PcpuReport
 from hosts.vcpu import make_vid
 
 from cluster.config import Plan
@@ -30,26 +31,26 @@ def percentiles_us(samples_ns: list[int]) -> dict[str, float | int | None]:
     }
 
 
-def trace_digest(reports: dict[str, list[dict]], host_order: list[str]) -> str:
+def trace_digest(reports: dict[str, list[PcpuReport]], host_order: list[str]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for host in host_order:
-        for r in sorted(reports.get(host, []), key=lambda r: r["pcpu"]):
-            h.update(f"{host}:{r['pcpu']}:{r['digest']};".encode())
+        for r in sorted(reports.get(host, []), key=lambda r: r.pcpu):
+            h.update(f"{host}:{r.pcpu}:{r.digest};".encode())
     return h.hexdigest()
 
 
 def build_summary(
     plan: Plan,
-    reports: dict[str, list[dict]],
+    reports: dict[str, list[PcpuReport]],
     *,
     where: dict[int, str],
     destroyed: set[int],
     backend: str,
     sim_ns: int,
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
     frames: dict[int, int] | None = None,
     lost: dict[int, int] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     frames_of = frames or {}
     host_order = list(plan.hosts)
     pcpus = []
@@ -61,27 +62,27 @@ def build_summary(
     counters: dict[str, int] = {}
     events = switches = 0
     for host in host_order:
-        for r in sorted(reports.get(host, []), key=lambda r: r["pcpu"]):
-            pcpus.append({"host": host, "id": r["pcpu"], "busy_ns": r["busy_ns"], "idle_ns": r["idle_ns"], "switches": r["switches"], "events": r["events"]})
-            events += r["events"]
-            switches += r["switches"]
-            for vid, info in r["vcpus"].items():
-                runstate[int(vid)] = list(info["runstate_ns"])
-            for vid, rs in r.get("departed", {}).items():
+        for r in sorted(reports.get(host, []), key=lambda r: r.pcpu):
+            pcpus.append({"host": host, "id": r.pcpu, "busy_ns": r.busy_ns, "idle_ns": r.idle_ns, "switches": r.switches, "events": r.events})
+            events += r.events
+            switches += r.switches
+            for vid, info in r.vcpus.items():
+                runstate[int(vid)] = list(info.runstate_ns)
+            for vid, rs in r.departed.items():
                 runstate.setdefault(int(vid), list(rs))
-            for vid, vals in r["wake_lat"].items():
+            for vid, vals in r.wake_lat.items():
                 lat.setdefault(int(vid), []).extend(vals)
-            for name, stays in r["hv_stays"].items():
+            for name, stays in r.hv_stays.items():
                 hv_stays.setdefault(name, []).extend(stays)
-            for name, per_vid in r.get("samples", {}).items():
+            for name, per_vid in r.samples.items():
                 dst = samples.setdefault(name, {})
                 for vid, vals in per_vid.items():
                     dst.setdefault(int(vid), []).extend(vals)
-            for name, (n, pre) in r["hv_by_kind"].items():
+            for name, (n, pre) in r.hv_by_kind.items():
                 c = hcalls.setdefault(name, [0, 0])
                 c[0] += n
                 c[1] += pre
-            for k, v in r.get("metrics", {}).items():
+            for k, v in r.metrics.items():
                 counters[k] = counters.get(k, 0) + v
     domains = []
     for d in plan.domains:
@@ -122,9 +123,9 @@ def build_summary(
         }
         if io:
             entry["io_latency_us"] = percentiles_us(io)
-        frames = frames_of.get(uid)
-        if frames is not None:
-            entry["frames"] = frames
+        nframes = frames_of.get(uid)
+        if nframes is not None:
+            entry["frames"] = nframes
         if d.uid in destroyed:
             entry["destroyed"] = True
         if lost and d.uid in lost:
@@ -155,7 +156,7 @@ def build_summary(
     return summary
 
 
-def vcpu_rows(summary: dict) -> list[dict]:
+def vcpu_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for d in summary["domains"]:
         for v in d["vcpus"]:

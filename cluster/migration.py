@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,12 @@ from hosts.clock import MS, NEVER, US
 from hosts.codec import MAX_BATCH_PAGES, REC_DOMAIN, REC_END, REC_VCPU, header, pack_record
 
 from cluster.config.schema import MigrationCfg
+from cluster.hostclient import Pending
+
+if TYPE_CHECKING:
+    from cluster.manager import DomainManager
+
+T = TypeVar("T")
 
 PAGE = 4096
 PAGE_RECORD_HDR = 16  # type, length, count, padding
@@ -88,9 +94,9 @@ class Policy:
     def __init__(self, m: "Migration"):
         self.m = m
 
-    def after_round(self, rnd: RoundStats, dirty_count_fn) -> tuple[str, str]:
+    def after_round(self, rnd: RoundStats, clean: Callable[[], int]) -> tuple[str, str]:
         """Decide after a live round: ("live", reason) to send the CLEANed set live next,
-        or ("final", reason) to stop and copy. ``dirty_count_fn()`` runs the CLEAN."""
+        or ("final", reason) to stop and copy. ``clean()`` runs the CLEAN and returns the count."""
         raise NotImplementedError
 
     def cap_bps(self) -> float | None:
@@ -102,11 +108,11 @@ class XenPolicy(Policy):
 
     name = "xen"
 
-    def __init__(self, m):
+    def __init__(self, m: "Migration"):
         super().__init__(m)
         self.stop_after_send: str | None = None
 
-    def after_round(self, rnd, clean):
+    def after_round(self, rnd: RoundStats, clean: Callable[[], int]) -> tuple[str, str]:
         x = rnd.index
         if self.stop_after_send:
             return "final", self.stop_after_send
@@ -126,7 +132,7 @@ class XenLegacyPolicy(Policy):
     name = "xen-legacy"
     skips_redirtied = True
 
-    def __init__(self, m):
+    def __init__(self, m: "Migration"):
         super().__init__(m)
         self.rate_limit = m.params.rate_limit
         self.mbit_rate = LEGACY_START_MBIT if self.rate_limit else None
@@ -134,10 +140,10 @@ class XenLegacyPolicy(Policy):
         self.total_sent = 0
         self.last_print_ns = m.start_ns
 
-    def cap_bps(self):
-        return float(self.mbit_rate * MBIT_2_20) if self.rate_limit else None
+    def cap_bps(self) -> float | None:
+        return float(self.mbit_rate * MBIT_2_20) if self.mbit_rate is not None else None
 
-    def after_round(self, rnd, clean):
+    def after_round(self, rnd: RoundStats, clean: Callable[[], int]) -> tuple[str, str]:
         self.total_sent += rnd.pages_sent
         p2m = self.m.dom["max_pages"]
         reason = None
@@ -157,7 +163,7 @@ class XenLegacyPolicy(Policy):
             # print_stats: dirtied Mb/s = dirty_count * PAGE_SIZE / (wall_ms * 125)
             wall_ms = max(1, (rnd.end_ns - self.last_print_ns) // MS)
             dirty_mbit = (d * PAGE) // (wall_ms * 125)
-            if dirty_mbit > self.mbit_rate:
+            if self.mbit_rate is not None and dirty_mbit > self.mbit_rate:
                 self.mbit_rate = min(dirty_mbit + 50, LEGACY_MAX_MBIT)
             self.m.set_cap(self.cap_bps())
         self.last_print_ns = rnd.end_ns
@@ -169,12 +175,12 @@ class DowntimeTargetPolicy(Policy):
 
     name = "downtime-target"
 
-    def __init__(self, m):
+    def __init__(self, m: "Migration"):
         super().__init__(m)
         self.max_downtime_ns = int(m.params.max_downtime_ms * MS)
         self.max_rounds = m.params.max_rounds
 
-    def after_round(self, rnd, clean):
+    def after_round(self, rnd: RoundStats, clean: Callable[[], int]) -> tuple[str, str]:
         d = clean()
         dur = max(1, rnd.end_ns - rnd.start_ns)
         bw_bytes_per_ns = rnd.bytes_sent / dur if rnd.bytes_sent else 0.0
@@ -215,7 +221,7 @@ class Outcome:
     rounds: int = 0
     pages_sent: int = 0
     bytes_sent: int = 0
-    per_round: list = field(default_factory=list)
+    per_round: list[Any] = field(default_factory=list)
     guest_slowdown_pct: float | None = None
     memory_match: bool | None = None
     vcpu_match: bool | None = None
@@ -225,15 +231,18 @@ class Outcome:
 class Migration:
     """One live migration, as a state machine stepped by the domain manager."""
 
-    def __init__(self, mgr, uid: int, dst: str, policy: str, params: MigrationCfg, now: int, mid: str):
+    def __init__(self, mgr: "DomainManager", uid: int, dst: str, policy: str, params: MigrationCfg, now: int, mid: str):
         self.mgr = mgr
         self.uid = uid
         self.src = mgr.where[uid]
         self.dst = dst
+        self.srch = mgr.hosts[self.src]
+        self.dsth = mgr.hosts[dst]
+        self.records_fut: Pending[list[bytes]] | None = None
         self.params = params
         self.start_ns = now
         self.fid = mid
-        self.dom: dict = {}
+        self.dom: dict[str, Any] = {}
         self.out = Outcome(mid, mgr.domains[uid].name, self.src, dst, policy, start_ns=now)
         self.policy = POLICIES[policy](self)
         self.state = "start"
@@ -250,15 +259,15 @@ class Migration:
         self.reserved = False
         self.logdirty_on = False
         self.flow_open = False
-        self.counters0: dict = {}
+        self.counters0: dict[str, int] = {}
         self.src_digest = ""
 
     # --- plumbing ------------------------------------------------------------------------------
     def next_ns(self) -> int:
         return self.t_next if not self.done else NEVER
 
-    def call(self, host: str, method: str, *args):
-        return self.mgr.call(host, method, *args)
+    def ask(self, host: str, answer: "Pending[T]") -> T:
+        return self.mgr.ask(host, answer)
 
     def set_cap(self, cap_bps: float | None) -> None:
         if self.flow_open:
@@ -274,7 +283,7 @@ class Migration:
     def step(self, now: int) -> None:
         if self.done:
             return
-        getattr(self, f"_st_{self.state}")(now)
+        self._STEPS[self.state](self, now)
 
     def _st_start(self, now: int) -> None:
         mgr = self.mgr
@@ -283,18 +292,18 @@ class Migration:
             return self._refuse(now, f"domain {dom.name} is already on {self.dst}")
         if self.dst in mgr.failed:
             return self._refuse(now, f"host {self.dst} has failed")
-        self.dom = self.call(self.src, "domain_dict", self.uid)
-        why = self.call(self.dst, "room_for", self.dom)
+        self.dom = self.ask(self.src, self.srch.domain_dict(self.uid))
+        why = self.ask(self.dst, self.dsth.room_for(self.dom))
         if why:
             return self._refuse(now, why)
         if not mgr.net.link(self.src, self.dst).up:
             return self._refuse(now, f"link {self.src}-{self.dst} is down")
         self.counters0 = mgr.domain_counters(self.uid)
-        self.call(self.dst, "prepare_incoming", self.dom)
+        self.ask(self.dst, self.dsth.prepare_incoming(self.dom))
         self.reserved = True
         mgr.net.open(self.fid, self.src, self.dst, now, self.policy.cap_bps())
         self.flow_open = True
-        self.call(self.src, "enable_log_dirty", self.uid)
+        self.ask(self.src, self.srch.enable_log_dirty(self.uid))
         self.logdirty_on = True
         hdr = pack_record(REC_DOMAIN, {"header": header("migration", domain=self.dom["name"]), "domain": self.dom})
         self.t_next = self._send(len(hdr), now)
@@ -306,8 +315,9 @@ class Migration:
 
     def _begin_round(self, now: int, pfns: np.ndarray, live: bool) -> None:
         rnd = RoundStats(len(self.rounds) + 1, live, now, pages_planned=int(pfns.size))
-        if self.policy.cap_bps() is not None:
-            rnd.rate_limit_mbit = int(self.policy.cap_bps() // MBIT_2_20)
+        cap = self.policy.cap_bps()
+        if cap is not None:
+            rnd.rate_limit_mbit = int(cap // MBIT_2_20)
         self.rounds.append(rnd)
         self.queue = [pfns[i : i + MAX_BATCH_PAGES] for i in range(0, pfns.size, MAX_BATCH_PAGES)]
         self.state = "batch"
@@ -319,7 +329,7 @@ class Migration:
         while self.queue:
             pfns = self.queue.pop(0)
             if self.policy.skips_redirtied and rnd.live and rnd.index > 1:
-                skip = np.frombuffer(self.call(self.src, "dirty_peek", self.uid, pfns.tobytes()), dtype=bool)
+                skip = np.frombuffer(self.ask(self.src, self.srch.dirty_peek(self.uid, pfns.tobytes())), dtype=bool)
                 rnd.pages_skipped += int(skip.sum())
                 pfns = pfns[~skip]
             if not pfns.size:
@@ -341,7 +351,7 @@ class Migration:
         dirty: list[np.ndarray] = []
 
         def clean() -> int:
-            d = np.frombuffer(self.call(self.src, "dirty_clean", self.uid), dtype=np.int64)
+            d = np.frombuffer(self.ask(self.src, self.srch.dirty_clean(self.uid)), dtype=np.int64)
             dirty.append(d)
             rnd.pages_dirtied = int(d.size)
             return int(d.size)
@@ -356,23 +366,22 @@ class Migration:
         self._pause(now)
 
     def _pause(self, now: int) -> None:
-        self.call(self.src, "pause_domain", self.uid)
+        self.ask(self.src, self.srch.pause_domain(self.uid))
         self.paused_here = True
         self.out.pause_ns = now
         self.state = "settle"
         self._st_settle(now)
 
     def _st_settle(self, now: int) -> None:
-        if not self.call(self.src, "settled", self.uid):
+        if not self.ask(self.src, self.srch.settled(self.uid)):
             self.t_next = now + SETTLE_NS  # a vCPU is finishing a chunk in Xen
             return
-        final = np.frombuffer(self.call(self.src, "dirty_clean", self.uid), dtype=np.int64)
+        final = np.frombuffer(self.ask(self.src, self.srch.dirty_clean(self.uid)), dtype=np.int64)
         if self.carried.size:
             final = np.union1d(final, self.carried)
-        self.src_digest = self.call(self.src, "memory_digest", self.uid)
-        h = self.mgr.hosts[self.src]
-        self.records_fut = h.submit("export_vcpus", self.uid, False)
-        self.records = list(h.result(self.records_fut))
+        self.src_digest = self.ask(self.src, self.srch.memory_digest(self.uid))
+        self.records_fut = self.srch.export_vcpus(self.uid, False)
+        self.records = list(self.ask(self.src, self.records_fut))
         self.out.continuations = sum(1 for r in self.records if _preempted(r))
         self.final = True
         self._begin_round(now, final, live=False)
@@ -389,9 +398,10 @@ class Migration:
     def _st_restore(self, now: int) -> None:
         self.mgr.net.close(self.fid, now)
         self.flow_open = False
-        res = self.mgr.call_blob(self.dst, "restore_incoming", self.records_fut, self.uid)
-        self.out.memory_match = res["memory_digest"] == self.src_digest
-        self.out.vcpu_match = res["vcpu_digest"] == hashlib.blake2b(b"".join(self.records), digest_size=16).hexdigest()
+        assert self.records_fut is not None
+        mem_digest, vcpu_digest = self.ask(self.dst, self.dsth.restore_incoming(self.uid, self.records_fut))
+        self.out.memory_match = mem_digest == self.src_digest
+        self.out.vcpu_match = vcpu_digest == hashlib.blake2b(b"".join(self.records), digest_size=16).hexdigest()
         self.t_next = now + int(self.params.resume_us * US)
         self.state = "unpause"
         if self.t_next == now:
@@ -400,7 +410,7 @@ class Migration:
     def _st_unpause(self, now: int) -> None:
         mgr = self.mgr
         mgr.where[self.uid] = self.dst
-        self.call(self.dst, "unpause_domain", self.uid)
+        self.ask(self.dst, self.dsth.unpause_domain(self.uid))
         self.out.resume_ns = now
         self.out.downtime_ms = (now - self.out.pause_ns) / MS
         self.out.total_ms = (now - self.start_ns) / MS
@@ -410,13 +420,13 @@ class Migration:
 
     def _st_release(self, now: int) -> None:
         c1 = self.mgr.domain_counters(self.uid, hosts=[self.src, self.dst])
-        self.call(self.src, "disable_log_dirty", self.uid)
+        self.ask(self.src, self.srch.disable_log_dirty(self.uid))
         self.logdirty_on = False
-        self.call(self.src, "release_outgoing", self.uid)
+        self.ask(self.src, self.srch.release_outgoing(self.uid))
         self._finish(now, "completed", "", c1)
 
     # --- endings ---------------------------------------------------------------------------------
-    def _finish(self, now: int, status: str, reason: str, counters1: dict | None = None) -> None:
+    def _finish(self, now: int, status: str, reason: str, counters1: dict[str, Any] | None = None) -> None:
         o = self.out
         o.status = status
         o.reason = reason
@@ -444,15 +454,26 @@ class Migration:
         src_alive = self.src not in mgr.failed
         dst_alive = self.dst not in mgr.failed
         if self.reserved and dst_alive:
-            self.call(self.dst, "abort_incoming", self.uid)
+            self.ask(self.dst, self.dsth.abort_incoming(self.uid))
         if src_alive:
             if self.records and self.state in ("restore", "unpause", "batch"):
-                self.call(self.src, "take_back", self.uid, self.records)
+                self.ask(self.src, self.srch.take_back(self.uid, self.records))
             if self.logdirty_on:
-                self.call(self.src, "disable_log_dirty", self.uid)
+                self.ask(self.src, self.srch.disable_log_dirty(self.uid))
             if self.paused_here:
-                self.call(self.src, "unpause_domain", self.uid)
+                self.ask(self.src, self.srch.unpause_domain(self.uid))
         self._finish(now, "aborted", why)
+
+
+    _STEPS: dict[str, Callable[["Migration", int], None]] = {
+        "start": _st_start,
+        "first_round": _st_first_round,
+        "batch": _st_batch,
+        "settle": _st_settle,
+        "restore": _st_restore,
+        "unpause": _st_unpause,
+        "release": _st_release,
+    }
 
 
 def _preempted(record: bytes) -> bool:
@@ -461,4 +482,4 @@ def _preempted(record: bytes) -> bool:
     return unpack_vcpu(record).hcall_preempted
 
 
-__all__ = ["Migration", "POLICIES", "Outcome", "MigrationRefused", "REC_VCPU"]
+__all__ = ["Migration", "POLICIES", "Outcome", "REC_VCPU"]

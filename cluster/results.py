@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+from hosts.messages import PcpuReport
 from hosts.vcpu import vid_dom, vid_idx
 
 
@@ -49,7 +50,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+def csv_text(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     buf = io.StringIO()
     if not rows and not columns:
         return ""
@@ -99,15 +100,15 @@ class RunDir:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def perfetto_events(reports: dict[str, list[dict]], names: dict[int, str]) -> Iterable[dict]:
+def perfetto_events(reports: dict[str, list[PcpuReport]], names: dict[int, str]) -> Iterable[dict[str, Any]]:
     """Chrome trace events: a process per host, a thread (track) per pCPU, a slice per run."""
     for pid, host in enumerate(reports):
         yield {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": host}}
-        for r in sorted(reports[host], key=lambda r: r["pcpu"]):
-            tid = r["pcpu"]
+        for r in sorted(reports[host], key=lambda r: r.pcpu):
+            tid = r.pcpu
             yield {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": f"pCPU {tid}"}}
             yield {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}}
-            tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
+            tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
             for start, end, vid in tr.tolist():
                 dname = names.get(vid_dom(vid), str(vid_dom(vid)))
                 yield {
@@ -121,7 +122,7 @@ def perfetto_events(reports: dict[str, list[dict]], names: dict[int, str]) -> It
                 }
 
 
-def write_trace(path: Path, reports: dict[str, list[dict]], names: dict[int, str]) -> int:
+def write_trace(path: Path, reports: dict[str, list[PcpuReport]], names: dict[int, str]) -> int:
     n = 0
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -145,7 +146,7 @@ def write_trace(path: Path, reports: dict[str, list[dict]], names: dict[int, str
     return n
 
 
-def write_run(rd: RunDir, *, resolved: dict, summary: dict, vcpu_rows: list[dict], reports: dict[str, list[dict]], names: dict[int, str], toolstack: list[dict], extra_files: dict[str, Any] | None = None) -> None:
+def write_run(rd: RunDir, *, resolved: dict[str, Any], summary: dict[str, Any], vcpu_rows: list[dict[str, Any]], reports: dict[str, list[PcpuReport]], names: dict[int, str], toolstack: list[dict[str, Any]], extra_files: dict[str, Any] | None = None) -> None:
     rd.write("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     rd.write("summary.json", json.dumps(summary, indent=2) + "\n")
     rd.write("vcpus.csv", csv_text(vcpu_rows))

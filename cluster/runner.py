@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from cluster.backends.base import Backend, ManagerClient
 from cluster.backends.inline import InlineBackend
 from cluster.config import ClusterConfig, Plan, build_plan, config_digest, load_config
-from cluster.manager import DomainManager
 from cluster.metrics import build_summary, vcpu_rows
 from cluster.errors import Interrupted, RunIncomplete, RunLost
+from hosts.messages import PcpuReport
 from cluster.results import RunDir, write_run
 
 __all__ = ["Interrupted", "RunLost", "RunResult", "run_config", "run_loaded"]
@@ -30,11 +31,11 @@ __all__ = ["Interrupted", "RunLost", "RunResult", "run_config", "run_loaded"]
 @dataclass
 class RunResult:
     out: Path | None
-    summary: dict
+    summary: dict[str, Any]
     wall_s: float
     startup_s: float
-    reports: dict[str, list[dict]] = field(repr=False, default_factory=dict)
-    manager_state: dict = field(repr=False, default_factory=dict)
+    reports: dict[str, list[PcpuReport]] = field(repr=False, default_factory=dict)
+    manager_state: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 def default_out(config_path: str | Path) -> Path:
@@ -42,7 +43,7 @@ def default_out(config_path: str | Path) -> Path:
     return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
 
 
-def _sigterm(signum, frame):  # pragma: no cover - exercised by the kill test in a subprocess
+def _sigterm(signum: int, frame: Any) -> None:  # pragma: no cover - exercised by the kill test in a subprocess
     raise Interrupted()
 
 
@@ -77,7 +78,7 @@ def run_config(
 
 def run_loaded(
     cfg: ClusterConfig,
-    resolved: dict,
+    resolved: dict[str, Any],
     *,
     config_path: str | Path = "config",
     backend: str = "ray",
@@ -86,7 +87,7 @@ def run_loaded(
     force: bool = False,
     write: bool = True,
     progress: Callable[[int, int], None] | None = None,
-    probe: Callable[[Any], dict] | None = None,
+    probe: Callable[[Any], dict[str, Any]] | None = None,
     reaper: Any = None,
 ) -> RunResult:
     """``reaper``: a running :class:`cluster.reaper.Reaper` to reuse (a batch worker keeps one
@@ -102,26 +103,12 @@ def run_loaded(
         reaper = Reaper.start(tag)
     if rd is not None:
         reaper.watch_dir(rd.tmp)
-    session = None
-    be: Any = None
+    be: Backend | None = None
     try:
         t0 = time.perf_counter()
-        if backend == "inline":
-            be = InlineBackend(plan)
-            mgr: Any = DomainManager(plan, be.start())
-        elif backend == "ray":
-            from cluster.backends.ray_backend import RayBackend
-            from cluster.raysession import RaySession
-
-            session = RaySession(address=address, run_tag=tag, reaper=reaper).start()
-            if _handlers_installed:
-                install_signal_handlers()  # ray.init installs its own SIGTERM handler; ours must win
-            be = RayBackend(plan, resolved, tag)
-            mgr = be.start()
-            session.note_children()
-        else:
-            raise ValueError(f"unknown backend {backend!r}; use ray or inline")
-        incomplete = None
+        be = make_backend(backend, plan, resolved, tag=tag, address=address, reaper=reaper)
+        mgr = be.start()
+        incomplete: RunIncomplete | None = None
         t1 = startup_end = None
         t_setup = time.perf_counter()
         try:
@@ -130,20 +117,17 @@ def run_loaded(
             _drive(mgr, plan, progress)
         except RunIncomplete as exc:
             incomplete = exc
-        if t1 is None:  # lost a host while building the cluster
+        if t1 is None or startup_end is None:  # lost a host while building the cluster
             startup_end = t1 = time.perf_counter()
         startup_s = startup_end - t0  # Ray's start (when we start it), actors, domains
         wall_sim = time.perf_counter() - t1
         probed = probe(be) if probe is not None else {}
-        reports = mgr.finish()
-        reports = {h: list(rs) for h, rs in reports.items()}
-        if backend == "ray":
-            lost = set(incomplete.hosts) if incomplete else set()
-            for h, frs in be.follower_reports(lost).items():
-                reports[h] = [reports[h][0]] + frs
+        lost = set(incomplete.hosts) if incomplete else set()
+        reports = be.reports(mgr.finish(), lost)
         state = mgr.state()
-        if backend == "ray":
-            probed = {**probed, "placement": dict(be.nodes)}
+        placement = be.placement()
+        if placement:
+            probed = {**probed, "placement": placement}
         if incomplete is not None:
             probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
         wall = time.perf_counter() - t_setup
@@ -196,13 +180,22 @@ def run_loaded(
             reaper.forget_dir(rd.tmp)
         if be is not None:
             be.shutdown()
-        if session is not None:
-            session.close()
         if own_reaper:
             reaper.done()
 
 
-def _drive(mgr: Any, plan: Plan, progress: Callable[[int, int], None] | None) -> None:
+def make_backend(name: str, plan: Plan, resolved: dict[str, Any], *, tag: str, address: str | None, reaper: Any) -> Backend:
+    """The backend called ``name`` (ray, inline), not started yet."""
+    if name == "inline":
+        return InlineBackend(plan)
+    if name == "ray":
+        from cluster.backends.ray_backend import RayBackend
+
+        return RayBackend(plan, resolved, tag, address=address, reaper=reaper, on_ray_start=install_signal_handlers if _handlers_installed else None)
+    raise ValueError(f"unknown backend {name!r}; use ray or inline")
+
+
+def _drive(mgr: ManagerClient, plan: Plan, progress: Callable[[int, int], None] | None) -> None:
     """Run to the end in chunks (pure pause points: results do not depend on them)."""
     end = plan.duration_ns
     chunk = max(end // 50, 1_000_000)

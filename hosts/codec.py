@@ -50,7 +50,8 @@ class RecordError(ValueError):
 
 
 def _packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
 
 
 def _unpackb(data: bytes, what: str) -> Any:
@@ -87,7 +88,7 @@ _VCPU_FIELDS = (
 )
 
 
-def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict:
+def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict[str, Any]:
     body = {
         "version": VCPU_RECORD_VERSION,
         "vid": v.vid,
@@ -106,7 +107,7 @@ def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict:
         "pending_payloads": list(v.pending_payloads),
         "upcall_pending": v.upcall_pending,
         "wl": v.wl,
-        "rng": list(v.rng_words()) if v.has_rng() else None,
+        "rng": _opt_list(v.rng_words()),
         "wake_ns": v.wake_ns,
         "last_pcpu": v.last_pcpu,
         "hard_affinity": list(v.hard_affinity),
@@ -115,6 +116,10 @@ def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict:
     if with_sched:
         body["sched"] = v.sched
     return body
+
+
+def _opt_list(words: tuple[int, ...] | None) -> list[int] | None:
+    return list(words) if words is not None else None
 
 
 def vcpu_from_body(body: Any, what: str = "vCPU record") -> VcpuState:
@@ -175,11 +180,11 @@ def unpack_vcpu(data: bytes) -> VcpuState:
 # --- streams ---------------------------------------------------------------------------------
 
 
-def header(kind: str, **info: Any) -> dict:
+def header(kind: str, **info: Any) -> dict[str, Any]:
     return {"magic": MAGIC, "version": VERSION, "kind": kind, **info}
 
 
-def write_stream(hdr: dict, records: Iterable[tuple[int, Any]]) -> bytes:
+def write_stream(hdr: dict[str, Any], records: Iterable[tuple[int, Any]]) -> bytes:
     """A whole stream as bytes: header, the records, END."""
     out = [_packb(hdr)]
     for rtype, body in records:
@@ -192,18 +197,26 @@ def pack_record(rtype: int, body: Any) -> bytes:
     return _packb([rtype, body])
 
 
+def unpack_record(data: bytes, what: str) -> tuple[int, Any]:
+    """One ``[type, body]`` record; RecordError if it is not one."""
+    obj = _unpackb(data, what)
+    if not isinstance(obj, (list, tuple)) or len(obj) != 2 or not isinstance(obj[0], int):
+        raise RecordError(f"{what}: expected [type, body]")
+    return obj[0], obj[1]
+
+
 def end_record() -> bytes:
     return _packb([REC_END, None])
 
 
-def read_stream(data: bytes, what: str = "stream") -> tuple[dict, list[tuple[int, Any]]]:
+def read_stream(data: bytes, what: str = "stream") -> tuple[dict[str, Any], list[tuple[int, Any]]]:
     """Parse and check a whole stream; returns the header and the records before END."""
     hdr, it = open_stream(data, what)
     recs = list(it)
     return hdr, recs
 
 
-def open_stream(data: bytes, what: str = "stream") -> tuple[dict, Iterator[tuple[int, Any]]]:
+def open_stream(data: bytes, what: str = "stream") -> tuple[dict[str, Any], Iterator[tuple[int, Any]]]:
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1 << 20))
     unpacker.feed(data)
     try:

@@ -10,6 +10,7 @@ domid is not modelled.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 PAGING_MODES = ("pv", "hvm-shadow", "hvm-hap")
 PAGE_SIZE = 4096
@@ -32,8 +33,11 @@ class EvtchnBinding:
     def to_list(self) -> list[int]:
         return [self.port, self.remote_uid, self.remote_port, self.notify_vcpu]
 
+    def to_tuple(self) -> tuple[int, int, int, int]:
+        return (self.port, self.remote_uid, self.remote_port, self.notify_vcpu)
+
     @classmethod
-    def from_list(cls, x) -> "EvtchnBinding":
+    def from_list(cls, x: "list[int] | tuple[int, ...]") -> "EvtchnBinding":
         return cls(int(x[0]), int(x[1]), int(x[2]), int(x[3]))
 
 
@@ -52,11 +56,11 @@ class DomainInfo:
     #: stable name path for derived random streams ("web", "host0/Domain-0")
     key: str = ""
     #: one workload spec (a plain dict with "kind") per vCPU
-    workloads: list[dict] = field(default_factory=list)
+    workloads: list[dict[str, Any]] = field(default_factory=list)
     hard_affinity: list[list[int]] = field(default_factory=list)
     soft_affinity: list[list[int]] = field(default_factory=list)
     #: per-vCPU scheduler parameters that are not per domain (e.g. RTDS period/budget)
-    vcpu_sched: list[dict] = field(default_factory=list)
+    vcpu_sched: list[dict[str, Any]] = field(default_factory=list)
     evtchn: dict[int, EvtchnBinding] = field(default_factory=dict)
     #: memory layout inside the host (set by the host allocator)
     p2m_off: int = -1
@@ -65,13 +69,13 @@ class DomainInfo:
     dirty_round: int = 0
     paused: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["evtchn"] = [b.to_list() for b in self.evtchn.values()]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DomainInfo":
+    def from_dict(cls, d: dict[str, Any]) -> "DomainInfo":
         d = dict(d)
         ev = d.pop("evtchn", [])
         info = cls(**d)
@@ -81,3 +85,19 @@ class DomainInfo:
         info.soft_affinity = [list(a) for a in info.soft_affinity]
         info.vcpu_sched = [dict(x) for x in info.vcpu_sched]
         return info
+
+    def next_port(self) -> int:
+        """The lowest port above every port in use (the toolstack's allocation)."""
+        return max(self.evtchn, default=0) + 1
+
+
+def bind_pair(a: DomainInfo, a_vcpu: int, b: DomainInfo, b_vcpu: int) -> tuple[int, int]:
+    """An interdomain channel between vCPU ``a_vcpu`` of ``a`` and ``b_vcpu`` of ``b`` (which
+    may be the same domain): a new port at each end, each naming the other. Returns them."""
+    pa = a.next_port()
+    a.evtchn[pa] = EvtchnBinding(pa, b.uid, -1, a_vcpu)
+    pb = b.next_port()
+    b.evtchn[pb] = EvtchnBinding(pb, a.uid, pa, b_vcpu)
+    a.evtchn[pa].remote_port = pb
+    return pa, pb
+

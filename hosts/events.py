@@ -45,7 +45,7 @@ class EventQueue:
         """The pending events in firing order (for checkpoints and tests)."""
         return sorted(self._heap)
 
-    def restore(self, items: list, seq: int) -> None:
+    def restore(self, items: list[tuple[int, int, int, int, Any]], seq: int) -> None:
         self._heap = [tuple(i) for i in items]
         heapq.heapify(self._heap)
         self._seq = seq

@@ -20,15 +20,12 @@ PV-only hypercall get ``-ENOSYS``, a bad port ``-EINVAL``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol, Union
 
 from hosts.clock import MS, NEVER
-from hosts.domain import EvtchnBinding
-from hosts.vcpu import make_vid
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hosts.pcpu import PcpuCore
-    from hosts.vcpu import VcpuState
+from hosts.domain import DomainInfo, EvtchnBinding
+from hosts.paging import PagingModel
+from hosts.vcpu import VcpuState, make_vid
 
 ACT_COMPUTE = 0
 ACT_HCALL = 1
@@ -82,7 +79,8 @@ EINVAL = 22
 ENOMEM = 12
 EFAULT = 14
 
-#: Port numbers below zero are virtual IRQs delivered to one vCPU (VIRQ_TIMER is -1).
+#: Port numbers below zero are virtual IRQs delivered to one vCPU.
+VIRQ_TIMER = -1
 PORTS_PER_VCPU = 64
 
 
@@ -100,6 +98,61 @@ class HypercallCosts:
     mmuext_ns: int = 400
 
 
+class LongOp:
+    """A hypercall in progress that runs in chunks of one extent each (run by the engine)."""
+
+    __slots__ = ("nr", "total", "done", "cost", "seg_start", "apply", "encode", "finish", "cond_ns")
+
+    def __init__(
+        self,
+        nr: int,
+        total: int,
+        done: int,
+        cost: int,
+        apply: Callable[[int, int], int | None],
+        encode: Callable[[int], None],
+        finish: Callable[[int], int],
+    ):
+        self.nr = nr
+        self.total = total
+        self.done = done
+        self.cost = cost
+        self.seg_start = 0
+        self.apply = apply  # apply(lo, hi): do extents [lo, hi); returns fewer if it ran dry
+        self.encode = encode  # encode(done): write the continuation into the vCPU's registers
+        self.finish = finish  # finish(done) -> return value
+        self.cond_ns = -1  # when a preemption condition first arose in this entry
+
+
+#: what a short hypercall does when it returns: its effect, giving the return value
+Effect = Callable[[], int]
+#: a handler's answer: (cost in ns, effect) for a short call, or a LongOp
+Outcome = Union[tuple[int, Effect], LongOp]
+
+
+class HypercallHost(Protocol):
+    """What hypercall handlers may use of the pCPU engine (``hosts.pcpu.PcpuCore``)."""
+
+    now: int
+    costs: HypercallCosts
+    domains: dict[int, DomainInfo]
+    has_memory: bool
+
+    def block(self, v: VcpuState) -> bool: ...
+    def yield_(self, v: VcpuState) -> None: ...
+    def park(self, v: VcpuState) -> None: ...
+    def arm_vcpu_timer(self, v: VcpuState, when_ns: int) -> None: ...
+    def arm_poll_timeout(self, v: VcpuState, when_ns: int) -> None: ...
+    def deliver_event(self, vid: int, port: int, payload: Any) -> None: ...
+    def shutdown(self, v: VcpuState, reason: int) -> None: ...
+    def port_bound(self, dom: DomainInfo, b: EvtchnBinding) -> None: ...
+    def count(self, key: str, n: int) -> None: ...
+    def paging(self, dom: DomainInfo) -> PagingModel: ...
+    def decrease_reservation(self, dom: DomainInfo, lo: int, hi: int) -> None: ...
+    def populate(self, dom: DomainInfo, lo: int, hi: int) -> int: ...
+    def pt_update(self, dom: DomainInfo, reqs: list[list[int]]) -> None: ...
+
+
 def signed(x: int) -> int:
     """A 64-bit register value as a signed integer (errors are negative)."""
     return x - (1 << 64) if x >= 1 << 63 else x
@@ -108,7 +161,7 @@ def signed(x: int) -> int:
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
 
 
-def load_args(v: "VcpuState", nr: int, args: tuple) -> None:
+def load_args(v: VcpuState, nr: int, args: tuple[Any, ...]) -> None:
     regs = v.regs
     regs["rax"] = nr
     n = len(args)
@@ -119,7 +172,7 @@ def load_args(v: "VcpuState", nr: int, args: tuple) -> None:
     v.hcall_args = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
 
 
-def dispatch(core: "PcpuCore", v: "VcpuState", nr: int):
+def dispatch(core: HypercallHost, v: VcpuState, nr: int) -> Outcome:
     """Run hypercall ``nr`` from the vCPU's registers: (cost_ns, effect) or a LongOp."""
     handler = _TABLE.get(nr)
     dom = core.domains[v.dom]
@@ -133,20 +186,19 @@ def dispatch(core: "PcpuCore", v: "VcpuState", nr: int):
 # --- sched_op ------------------------------------------------------------------------------
 
 
-def _sched_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+def _sched_op(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     cmd = v.regs["rdi"]
     cost = core.costs.entry_ns + core.costs.sched_op_ns
     if cmd == SCHEDOP_yield:
 
-        def eff():
-            core.sched.yield_(v)
-            core.raise_softirq()
+        def eff() -> int:
+            core.yield_(v)
             return 0
 
         return cost, eff
     if cmd == SCHEDOP_block:
 
-        def eff():
+        def eff() -> int:
             core.block(v)
             return 0
 
@@ -155,7 +207,7 @@ def _sched_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         ports = list(v.hcall_args.get("ports", ()))
         timeout = int(v.hcall_args.get("timeout", 0))
 
-        def eff():
+        def eff() -> int:
             if len(ports) > SCHEDOP_POLL_MAX_PORTS:
                 return -EINVAL
             for p in ports:
@@ -175,19 +227,18 @@ def _sched_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
     if cmd == SCHEDOP_shutdown:
         reason = v.regs["rsi"]
 
-        def eff():
-            core.outbox.append(("host", core.now, ("shutdown", v.dom, reason)))
-            core.park(v)
+        def eff() -> int:
+            core.shutdown(v, reason)
             return 0
 
         return cost, eff
     return cost, (lambda: -EINVAL)
 
 
-def _set_timer_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+def _set_timer_op(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     timeout = v.regs["rdi"]
 
-    def eff():
+    def eff() -> int:
         t = timeout
         if t == 0:
             v.singleshot_ns = NEVER
@@ -203,17 +254,17 @@ def _set_timer_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
 # --- event channels ------------------------------------------------------------------------
 
 
-def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+def _event_channel_op(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     cmd = v.regs["rdi"]
     cost = core.costs.entry_ns + core.costs.evtchn_send_ns
     if cmd == EVTCHNOP_send:
         port = int(v.hcall_args.get("port", v.regs["rsi"]))
         payload = v.hcall_args.get("payload")
 
-        def eff():
+        def eff() -> int:
             b = dom.evtchn.get(port)
             if b is None or b.remote_uid < 0:
-                core.metrics["evtchn_bad_port"] = core.metrics.get("evtchn_bad_port", 0) + 1
+                core.count("evtchn_bad_port", 1)
                 return -EINVAL
             rdom = core.domains.get(b.remote_uid)
             if rdom is None or b.remote_port not in rdom.evtchn:
@@ -227,8 +278,8 @@ def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         remote_uid = int(v.hcall_args.get("remote_dom", -1))
         remote_port = int(v.hcall_args.get("remote_port", -1))
 
-        def eff():
-            k = v.wl.get("_ports", 0)
+        def eff() -> int:
+            k = int(v.wl.get("_ports", 0))
             port = 1 + v.idx * PORTS_PER_VCPU + k
             if k >= PORTS_PER_VCPU or port in dom.evtchn:
                 return -ENOMEM
@@ -238,8 +289,7 @@ def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
                 if rdom is None or remote_port not in rdom.evtchn:
                     return -EINVAL
             b = EvtchnBinding(port, remote_uid, remote_port if cmd == EVTCHNOP_bind_interdomain else -1, v.idx)
-            dom.evtchn[port] = b
-            core.outbox.append(("host", core.now, ("evtchn", dom.uid, b.to_list())))
+            core.port_bound(dom, b)
             return port
 
         return cost, eff
@@ -249,17 +299,14 @@ def _event_channel_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
 # --- memory_op -----------------------------------------------------------------------------
 
 
-def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
-    from hosts.pcpu import LongOp
-
+def _memory_op(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     raw = v.regs["rdi"]
     cmd = raw & MEMOP_CMD_MASK
     start = raw >> MEMOP_EXTENT_SHIFT
     args = v.hcall_args
-    mem = core.memory
     if cmd not in (XENMEM_increase_reservation, XENMEM_decrease_reservation, XENMEM_populate_physmap):
         return core.costs.entry_ns, (lambda: -ENOSYS)
-    if mem is None:
+    if not core.has_memory:
         return core.costs.entry_ns, (lambda: -ENOSYS)
     nr_extents = int(args.get("nr_extents", 0))
     base = int(args.get("extent_start", 0))
@@ -271,15 +318,16 @@ def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
 
     if cmd == XENMEM_decrease_reservation:
 
-        def apply(lo: int, hi: int) -> None:
-            mem.decrease_reservation(core, dom, base + start + lo, base + start + hi)
+        def apply(lo: int, hi: int) -> int | None:
+            core.decrease_reservation(dom, base + start + lo, base + start + hi)
+            return None
 
     else:
 
-        def apply(lo: int, hi: int) -> int:
+        def apply(lo: int, hi: int) -> int | None:
             # fewer than asked: this pCPU's frame cache ran dry (the engine then waits for a
             # refill, or, if the host has no free frame, ends the call with the count done)
-            return mem.populate(core, dom, base + start + lo, base + start + hi)
+            return core.populate(dom, base + start + lo, base + start + hi)
 
     def encode(done: int) -> None:
         v.regs["rdi"] = cmd | ((start + done) << MEMOP_EXTENT_SHIFT)
@@ -294,9 +342,7 @@ def _memory_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
 # --- PV page-table hypercalls --------------------------------------------------------------
 
 
-def _mmu_update(core: "PcpuCore", v: "VcpuState", dom) -> Any:
-    from hosts.pcpu import LongOp
-
+def _mmu_update(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     count = v.regs["rsi"]
     preempted = bool(count & MMU_UPDATE_PREEMPTED)
     count &= ~MMU_UPDATE_PREEMPTED
@@ -308,13 +354,13 @@ def _mmu_update(core: "PcpuCore", v: "VcpuState", dom) -> Any:
         v.hcall_args["offset"] = 0
     if count > len(reqs) - offset:
         return core.costs.entry_ns, (lambda: -EFAULT)
-    mem = core.memory
     cost = core.paging(dom).c.pt_update_ns["pv"]
 
-    def apply(lo: int, hi: int) -> None:
-        if mem is not None:
-            mem.pt_update(core, dom, reqs[offset + lo : offset + hi])
+    def apply(lo: int, hi: int) -> int | None:
+        if core.has_memory:
+            core.pt_update(dom, reqs[offset + lo : offset + hi])
         v.hcall_args["done"] = v.hcall_args.get("done", 0) + (hi - lo)
+        return None
 
     def encode(done: int) -> None:
         v.hcall_args["offset"] = offset + done
@@ -326,9 +372,7 @@ def _mmu_update(core: "PcpuCore", v: "VcpuState", dom) -> Any:
     return LongOp(HYPERVISOR_mmu_update, count, 0, cost, apply, encode, finish)
 
 
-def _mmuext_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
-    from hosts.pcpu import LongOp
-
+def _mmuext_op(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     count = v.regs["rsi"]
     preempted = bool(count & MMU_UPDATE_PREEMPTED)
     count &= ~MMU_UPDATE_PREEMPTED
@@ -340,8 +384,9 @@ def _mmuext_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
     if count > len(ops) - offset:
         return core.costs.entry_ns, (lambda: -EFAULT)
 
-    def apply(lo: int, hi: int) -> None:
+    def apply(lo: int, hi: int) -> int | None:
         v.hcall_args["done"] = v.hcall_args.get("done", 0) + (hi - lo)
+        return None
 
     def encode(done: int) -> None:
         v.hcall_args["offset"] = offset + done
@@ -351,11 +396,11 @@ def _mmuext_op(core: "PcpuCore", v: "VcpuState", dom) -> Any:
     return LongOp(HYPERVISOR_mmuext_op, count, 0, cost, apply, encode, lambda done: 0)
 
 
-def _xen_version(core: "PcpuCore", v: "VcpuState", dom) -> Any:
+def _xen_version(core: HypercallHost, v: VcpuState, dom: DomainInfo) -> Outcome:
     return core.costs.entry_ns, (lambda: (4 << 16) | 23)
 
 
-_TABLE = {
+_TABLE: dict[int, Callable[[HypercallHost, VcpuState, DomainInfo], Outcome]] = {
     HYPERVISOR_sched_op: _sched_op,
     HYPERVISOR_set_timer_op: _set_timer_op,
     HYPERVISOR_event_channel_op: _event_channel_op,
@@ -364,17 +409,3 @@ _TABLE = {
     HYPERVISOR_mmuext_op: _mmuext_op,
     HYPERVISOR_xen_version: _xen_version,
 }
-
-
-def handle_host_item(core: "PcpuCore", item: tuple) -> None:
-    """Inbox items for the memory and event-channel parts of the hypervisor."""
-    kind = item[0]
-    if kind == "evtchn":
-        from hosts.domain import EvtchnBinding
-
-        dom = core.domains.get(item[1])
-        if dom is not None:
-            b = EvtchnBinding.from_list(item[2])
-            dom.evtchn[b.port] = b
-    elif core.memory is not None:
-        core.memory.handle_item(core, item)

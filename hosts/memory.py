@@ -25,18 +25,22 @@ counted per pCPU (see ``hosts.paging``) for the same reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from hosts.domain import PAGE_SIZE, DomainInfo
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hosts.pcpu import PcpuCore
 
 FREE = -1
 TAG_BYTES = 8
 CACHE_FRAMES = 4096  # per-pCPU allocation cache, refilled at each boundary
+
+
+class PopulateResult(NamedTuple):
+    done: int  # extents of the range now backed (from its start)
+    taken: int  # frames taken from the cache
+    short: int  # frames still needed (the cache ran dry)
 
 
 class MemoryError_(ValueError):
@@ -70,25 +74,26 @@ def buffer_size(frames: int, full: bool) -> int:
 class HostMemory:
     """Views over one host's memory buffer, plus the master's allocator state."""
 
-    def __init__(self, buf, frames: int, full: bool = False, *, master: bool = False):
+    def __init__(self, buf: bytearray | memoryview, frames: int, full: bool = False, *, master: bool = False):
         self.frames = frames
         self.full = full
         lay = layout(frames, full)
         mv = memoryview(buf)
         self._buf = buf
 
-        def view(name, dtype, shape=None):
+        def view(name: str, dtype: type[np.generic]) -> npt.NDArray[Any]:
             off, size = lay[name]
-            a = np.frombuffer(mv[off : off + size], dtype=dtype)
-            return a.reshape(shape) if shape else a
+            return np.frombuffer(mv[off : off + size], dtype=dtype)
 
+        # in tag mode ``content`` is empty, in full mode ``tags`` is
+        self.content: npt.NDArray[np.uint8] = np.empty((0, PAGE_SIZE), dtype=np.uint8)
+        self.content64: npt.NDArray[np.uint64] = np.empty((0, PAGE_SIZE // 8), dtype=np.uint64)
+        self.tags: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
         if full:
-            self.content = view("content", np.uint8, (frames, PAGE_SIZE))
+            self.content = view("content", np.uint8).reshape(frames, PAGE_SIZE)
             self.content64 = self.content.view(np.uint64)
-            self.tags = None
         else:
             self.tags = view("content", np.uint64)
-            self.content = None
         self.owner = view("owner", np.int32)
         self.p2m = view("p2m", np.int32)
         self.dirty = view("dirty", np.uint8)
@@ -107,8 +112,10 @@ class HostMemory:
 
     def close(self) -> None:
         """Drop the numpy views so the underlying buffer can be released."""
-        self.content = self.content64 = self.tags = self.owner = self.p2m = self.dirty = None
-        self._buf = None
+        self.content = np.empty((0, PAGE_SIZE), dtype=np.uint8)
+        self.content64 = np.empty((0, PAGE_SIZE // 8), dtype=np.uint64)
+        self.tags = self.owner = self.p2m = self.dirty = np.empty(0, dtype=np.int32)
+        self._buf = bytearray()
 
     # --- master: domains -------------------------------------------------------------------
     def free_frames(self) -> int:
@@ -167,7 +174,7 @@ class HostMemory:
         if sum(ln for _, ln in self._slices_free) < max_pages:
             raise MemoryError_(f"domain {name!r}: no room for a p2m of {max_pages} pages on this host")
 
-    def create_domain(self, dom: DomainInfo, populate: bool = True, domains: dict | None = None) -> list[int]:
+    def create_domain(self, dom: DomainInfo, populate: bool = True, domains: dict[int, DomainInfo] | None = None) -> list[int]:
         """Reserve a p2m and log-dirty slice and (if ``populate``) back every guest page.
         Returns the uids of other domains whose slices moved (compaction) to re-broadcast."""
         self.check_fits(dom.name, dom.mem_pages if populate else 0, dom.max_pages)
@@ -220,15 +227,16 @@ class HostMemory:
 
     # --- guest access (any pCPU) -----------------------------------------------------------
     def gpfn_to_mfn(self, dom: DomainInfo, gpfns: np.ndarray) -> np.ndarray:
-        return self.p2m[dom.p2m_off + gpfns]
+        mfns: np.ndarray = self.p2m[dom.p2m_off + gpfns]
+        return mfns
 
-    def write_tags(self, dom: DomainInfo, gpfns: np.ndarray, values) -> np.ndarray:
+    def write_tags(self, dom: DomainInfo, gpfns: np.ndarray, values: np.ndarray | int) -> np.ndarray:
         """Guest writes to ``gpfns``: each page takes its value (in full mode the value fills
         the page's 4 KiB); if log-dirty is on, the pages are marked dirty. Pages with no frame
         (ballooned out) are skipped, as the guest's write would fault. Returns the mfns."""
         gpfns = np.asarray(gpfns, dtype=np.int64)
         values = np.broadcast_to(np.asarray(values, dtype=np.uint64), gpfns.shape)
-        mfns = self.p2m[dom.p2m_off + gpfns]
+        mfns: np.ndarray = self.p2m[dom.p2m_off + gpfns]
         ok = mfns >= 0
         if not ok.all():
             gpfns, mfns, values = gpfns[ok], mfns[ok], values[ok]
@@ -258,8 +266,8 @@ class HostMemory:
             bad = int(gpfns[mfns < 0][0])
             raise MemoryError_(f"domain {dom.name!r}: guest pfn {bad} has no frame")
         if self.full:
-            return self.content[mfns].tobytes()
-        return self.tags[mfns].tobytes()
+            return bytes(self.content[mfns].tobytes())
+        return bytes(self.tags[mfns].tobytes())
 
     def store_pages(self, dom: DomainInfo, gpfns: np.ndarray, data: bytes, mode: str = "tag") -> None:
         """Restore side: write page contents into the domain's frames (populated already).
@@ -308,6 +316,7 @@ class HostMemory:
         n = dom.max_pages
         mfns = self.p2m[dom.p2m_off : dom.p2m_off + n]
         valid = mfns >= 0
+        out: np.ndarray
         if self.full:
             out = np.zeros((n, PAGE_SIZE), dtype=np.uint8)
             out[valid] = self.content[mfns[valid]]
@@ -336,7 +345,8 @@ class HostMemory:
         return pfns
 
     # --- hypercall support (a pCPU, mid-epoch) ---------------------------------------------
-    def decrease_reservation(self, core: "PcpuCore", dom: DomainInfo, lo: int, hi: int) -> None:
+    def decrease_reservation(self, dom: DomainInfo, lo: int, hi: int) -> int:
+        """Free the frames behind pfns [lo, hi); returns how many were freed."""
         sl = self.p2m[dom.p2m_off + lo : dom.p2m_off + hi]
         mfns = sl[sl >= 0]
         if mfns.size:
@@ -345,14 +355,13 @@ class HostMemory:
         sl[:] = -1
         if dom.log_dirty:  # a p2m change must reach a migration's destination too
             self.dirty[dom.dirty_off + lo : dom.dirty_off + hi] = 1
-        core.metrics["frames_freed"] = core.metrics.get("frames_freed", 0) + int(mfns.size)
+        return int(mfns.size)
 
-    def populate(self, core: "PcpuCore", dom: DomainInfo, lo: int, hi: int) -> int:
-        """Back pfns [lo, hi) with frames from this pCPU's cache; returns how many were done
-        (fewer when the cache runs dry: the caller then waits for the host to refill it)."""
+    def populate(self, dom: DomainInfo, lo: int, hi: int, cache: list[int]) -> PopulateResult:
+        """Back pfns [lo, hi) with frames taken from ``cache`` (a pCPU's allocation cache);
+        fewer are done when it runs dry (the caller then waits for the host to refill it)."""
         sl = self.p2m[dom.p2m_off + lo : dom.p2m_off + hi]
         need = np.flatnonzero(sl < 0)
-        cache = core.frame_cache
         n = min(need.size, len(cache))
         if n:
             take = np.asarray(cache[:n], dtype=np.int32)
@@ -362,20 +371,14 @@ class HostMemory:
             sl[need[:n]] = take
             if dom.log_dirty:
                 self.dirty[dom.dirty_off + lo + need[:n]] = 1
-            core.metrics["frames_populated"] = core.metrics.get("frames_populated", 0) + n
         if n < need.size:
-            if not core.frames_exhausted:
-                core.outbox.append(("host", core.now, ("want_frames", int(need.size - n))))
-            return int(need[n])
-        return hi - lo
+            return PopulateResult(int(need[n]), n, int(need.size - n))
+        return PopulateResult(hi - lo, n, 0)
 
-    def pt_update(self, core: "PcpuCore", dom: DomainInfo, reqs) -> None:
+    def pt_update(self, dom: DomainInfo, reqs: list[list[int]]) -> None:
         """PV mmu_update: each request (pt_gpfn, value) writes one PTE of a page-table page."""
         if not len(reqs):
             return
         arr = np.asarray(reqs, dtype=np.int64).reshape(-1, 2)
         pfns = arr[:, 0] % dom.mem_pages if dom.mem_pages else arr[:, 0]
         self.write_tags(dom, pfns, arr[:, 1].astype(np.uint64))
-
-    def handle_item(self, core: "PcpuCore", item: tuple) -> None:
-        pass

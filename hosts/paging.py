@@ -32,6 +32,7 @@ working set with 4 KiB pages up to ~34 % slower under HAP than shadow (Wang et a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 PV = "pv"
 SHADOW = "hvm-shadow"
@@ -52,9 +53,9 @@ def walk_refs(mode: str, guest_levels: int = 4, host_levels: int = 4) -> int:
 class PagingCosts:
     """Per-event costs in ns, by mode (PV, shadow, HAP)."""
 
-    pt_update_ns: dict = field(default_factory=lambda: {PV: 450, SHADOW: 1450, HAP: 260})
-    page_fault_ns: dict = field(default_factory=lambda: {PV: 900, SHADOW: 2700, HAP: 480})
-    cr3_switch_ns: dict = field(default_factory=lambda: {PV: 650, SHADOW: 2300, HAP: 420})
+    pt_update_ns: dict[str, int] = field(default_factory=lambda: {PV: 450, SHADOW: 1450, HAP: 260})
+    page_fault_ns: dict[str, int] = field(default_factory=lambda: {PV: 900, SHADOW: 2700, HAP: 480})
+    cr3_switch_ns: dict[str, int] = field(default_factory=lambda: {PV: 650, SHADOW: 2300, HAP: 420})
     #: one page-walk memory reference, averaged over the walk (upper levels mostly cached)
     walk_ref_ns: float = 1.2
     #: a random access that misses the data caches (what every access of tlbrandom costs)
@@ -62,12 +63,12 @@ class PagingCosts:
     #: STLB entries (second-level TLB reach = entries x page size)
     tlb_entries: int = 1536
     #: first write to a page in a log-dirty round: EPT violation (HAP) or write-protect fault (shadow)
-    logdirty_fault_ns: dict = field(default_factory=lambda: {HAP: 1700, SHADOW: 2600})
+    logdirty_fault_ns: dict[str, int] = field(default_factory=lambda: {HAP: 1700, SHADOW: 2600})
     #: rebuilding the shadow entry of a page after a CLEAN discarded every shadow
     shadow_rebuild_ns: float = 900.0
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "PagingCosts":
+    def from_dict(cls, d: "dict[str, Any] | None") -> "PagingCosts":
         c = cls()
         for k, v in (d or {}).items():
             if isinstance(getattr(c, k), dict) and isinstance(v, dict):

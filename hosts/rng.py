@@ -37,7 +37,7 @@ def rng_state(gen: np.random.Generator) -> tuple[int, ...]:
     return (s >> 64, s & m, inc >> 64, inc & m, int(st["has_uint32"]), int(st["uinteger"]))
 
 
-def rng_from_state(words) -> np.random.Generator:
+def rng_from_state(words: "tuple[int, ...] | list[int]") -> np.random.Generator:
     bg = np.random.PCG64()
     st = bg.state
     st["state"] = {"state": (int(words[0]) << 64) | int(words[1]), "inc": (int(words[2]) << 64) | int(words[3])}

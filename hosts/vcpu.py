@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from hosts.clock import NEVER
 
 # Runstates, numbered as Xen's public vcpu.h.
@@ -88,7 +90,7 @@ class VcpuState:
         self.idx = vid_idx(vid)
         self.regs = {r: 0 for r in REG_NAMES}
         self.hcall_preempted = False
-        self.hcall_args: dict = {}
+        self.hcall_args: dict[str, Any] = {}
         self.runstate = RUNSTATE_OFFLINE
         self.state_entry_ns = 0
         self.runstate_ns = [0, 0, 0, 0]
@@ -98,11 +100,11 @@ class VcpuState:
         self.poll_ports: tuple[int, ...] = ()
         self.poll_timeout_ns = NEVER
         self.pending_ports: list[int] = []
-        self.pending_payloads: list = []
+        self.pending_payloads: list[tuple[int, Any]] = []
         self.upcall_pending = False
-        self.wl: dict = {}
-        self._rng = None  # numpy Generator of the workload (see the ``rng`` property)
-        self._rng_words = None  # its state while it was not needed since the last move
+        self.wl: dict[str, Any] = {}
+        self._rng: np.random.Generator | None = None  # numpy Generator of the workload (see the ``rng`` property)
+        self._rng_words: tuple[int, ...] | None = None  # its state while it was not needed since the last move
         #: the scheduler's per-unit record while the vCPU is on a pCPU (a plain dict on the wire)
         self.sched: Any = {}
         self.wake_ns = -1
@@ -113,7 +115,7 @@ class VcpuState:
 
     # --- the workload's random stream --------------------------------------------------------
     @property
-    def rng(self):
+    def rng(self) -> np.random.Generator:
         """The vCPU's own generator, rebuilt from its record only when first used (moving a
         vCPU between pCPUs must not pay for a generator it does not draw from)."""
         if self._rng is None and self._rng_words is not None:
@@ -121,14 +123,15 @@ class VcpuState:
 
             self._rng = rng_from_state(self._rng_words)
             self._rng_words = None
+        assert self._rng is not None, "this vCPU has no random stream yet"
         return self._rng
 
     @rng.setter
-    def rng(self, gen) -> None:
+    def rng(self, gen: np.random.Generator) -> None:
         self._rng = gen
         self._rng_words = None
 
-    def rng_words(self):
+    def rng_words(self) -> tuple[int, ...] | None:
         """The generator's state as words, without building a generator."""
         if self._rng is not None:
             from hosts.rng import rng_state

@@ -15,7 +15,7 @@ was cut short by a preemption) and ``on_events`` runs when the guest's event upc
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Any, Generic, Literal, Optional, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,13 +23,30 @@ import numpy as np
 
 from hosts import hypercalls as hc
 from hosts.clock import MS, NEVER, US
-from hosts.paging import PAGE_2M, PAGE_4K
+from hosts.domain import DomainInfo
+from hosts.paging import PAGE_2M, PAGE_4K, PagingModel
+from hosts.vcpu import VcpuState
 
-VIRQ_TIMER = -1
 HUGE_NS = 1 << 50
 
 A = hc.ACT_COMPUTE
 H = hc.ACT_HCALL
+
+#: what a guest does next: (ACT_COMPUTE, ns, ()) or (ACT_HCALL, number, arguments)
+Action = tuple[int, int, tuple[Any, ...]]
+
+
+class GuestHost(Protocol):
+    """What workloads may use of the pCPU engine (``hosts.guest.GuestCpu``)."""
+
+    @property
+    def now(self) -> int: ...
+    def paging(self, dom: DomainInfo) -> PagingModel: ...
+    def guest_write(self, v: VcpuState, dom: DomainInfo, gpfns: np.ndarray, tags: np.ndarray) -> int: ...
+    def write_tags(self, dom: DomainInfo, gpfns: np.ndarray, values: np.ndarray) -> None: ...
+    def read_tags(self, dom: DomainInfo, gpfns: np.ndarray) -> np.ndarray: ...
+    def count(self, key: str, n: int) -> None: ...
+    def sample(self, name: str, vid: int, value: int) -> None: ...
 
 
 class _P(BaseModel):
@@ -113,7 +130,7 @@ class HcallParams(_P):
     kind: Literal["hcall"] = Field(description="Issues one hypercall (number and arguments as given) at at_ms, records its result, then idles or computes.")
     nr: int = Field(ge=0, le=63, description="Hypercall number (Xen's __HYPERVISOR_*), e.g. 1 mmu_update, 12 memory_op, 29 sched_op, 32 event_channel_op.")
     args: list[int] = Field(default_factory=list, max_length=5, description="Register arguments (rdi, rsi, rdx, r10, r8).")
-    struct: dict = Field(default_factory=dict, description="The guest structure a pointer argument designates (e.g. {port: 9} for EVTCHNOP_send).")
+    struct: dict[str, Any] = Field(default_factory=dict, description="The guest structure a pointer argument designates (e.g. {port: 9} for EVTCHNOP_send).")
     at_ms: float = Field(0.0, ge=0, description="When to issue it, in ms of simulated time.")
     then: Literal["idle", "cpu"] = Field("idle", description="What the vCPU does afterwards.")
 
@@ -123,58 +140,61 @@ class PingPongParams(_P):
     think_us: float = Field(50.0, gt=0, description="Computation between rounds, in us.")
 
 
-class Workload:
+P = TypeVar("P", bound="_P")
+
+
+class Workload(Generic[P]):
     """Parameters of one vCPU's guest program; stateless (state is in the vCPU record)."""
 
     kind = "base"
 
-    def __init__(self, params, dom, idx: int):
+    def __init__(self, params: P, dom: DomainInfo, idx: int):
         self.p = params
         self.dom = dom
         self.idx = idx
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         raise NotImplementedError
 
-    def on_compute(self, v, ns: int, core) -> None:
+    def on_compute(self, v: VcpuState, ns: int, core: GuestHost) -> None:
         pass
 
-    def on_events(self, v, core) -> None:
+    def on_events(self, v: VcpuState, core: GuestHost) -> None:
         v.pending_ports.clear()
         v.pending_payloads.clear()
 
-    def on_restore(self, v, core) -> None:
+    def on_restore(self, v: VcpuState, core: GuestHost) -> None:
         """The vCPU resumed on another host after a live migration."""
 
 
-def _exp_ns(v, mean_ns: float) -> int:
+def _exp_ns(v: VcpuState, mean_ns: float) -> int:
     return int(v.rng.exponential(mean_ns)) + 1
 
 
-class CpuHog(Workload):
+class CpuHog(Workload[CpuParams]):
     kind = "cpu"
 
-    def next_action(self, v, core) -> tuple:
-        return (A, HUGE_NS)
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
+        return (A, HUGE_NS, ())
 
 
-class Periodic(Workload):
+class Periodic(Workload[PeriodicParams]):
     kind = "periodic"
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         period = int(self.p.period_ms * MS)
         phase = int(v.rng.integers(0, period)) if self.p.random_phase else 0
         v.wl = {"pc": 1 if phase else 0, "rem": 0, "rel": core.now + phase, "miss": 0}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         pc = w["pc"]
         if pc == 0:
             w["pc"] = 1
-            return (A, int(self.p.run_ms * MS))
+            return (A, int(self.p.run_ms * MS), ())
         if pc == 1:
             period = int(self.p.period_ms * MS)
             rel = w["rel"]
@@ -189,15 +209,15 @@ class Periodic(Workload):
         # pc == 2: block until the release time (re-block if woken early)
         if w["rel"] <= core.now:
             w["pc"] = 1
-            return (A, int(self.p.run_ms * MS))
+            return (A, int(self.p.run_ms * MS), ())
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
 
 
-class IoLike(Workload):
+class IoLike(Workload[IoParams]):
     kind = "io"
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         pc = w["pc"]
         if pc == 0:
@@ -207,42 +227,42 @@ class IoLike(Workload):
         if pc == 1:
             if w["due"] <= core.now:
                 w["pc"] = 0
-                return (A, _exp_ns(v, self.p.burst_us * US))
+                return (A, _exp_ns(v, self.p.burst_us * US), ())
             return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
         w["pc"] = 0
-        return (A, _exp_ns(v, self.p.burst_us * US))
+        return (A, _exp_ns(v, self.p.burst_us * US), ())
 
 
-class YieldLoop(Workload):
+class YieldLoop(Workload[YieldParams]):
     kind = "yield"
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         if w["pc"] == 0:
             w["pc"] = 1
-            return (A, int(self.p.run_ms * MS))
+            return (A, int(self.p.run_ms * MS), ())
         w["pc"] = 0
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_yield,))
 
 
-class Idle(Workload):
+class Idle(Workload[IdleParams]):
     kind = "idle"
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
 
 # --- memory ------------------------------------------------------------------------------------
 
 
-def _tags(v, n: int) -> np.ndarray:
+def _tags(v: VcpuState, n: int) -> np.ndarray:
     """Distinct content tags for n page writes by this vCPU: (vid << 32) | sequence."""
     seq = v.wl.get("seq", 0)
     v.wl["seq"] = seq + n
     return (np.uint64(v.vid) << np.uint64(32)) | (np.arange(seq, seq + n, dtype=np.uint64) & np.uint64(0xFFFFFFFF))
 
 
-class MemWriter(Workload):
+class MemWriter(Workload[MemWriteParams]):
     """Writes ``dirty_mb_s`` worth of pages per CPU second, in batches every ``quantum_us``.
 
     Log-dirty faults (and, under shadow, the rebuild storm after each CLEAN) are charged as
@@ -251,7 +271,7 @@ class MemWriter(Workload):
 
     kind = "memwrite"
 
-    def __init__(self, params, dom, idx):
+    def __init__(self, params: MemWriteParams, dom: DomainInfo, idx: int):
         super().__init__(params, dom, idx)
         self.rate_mpps = int(round(params.dirty_mb_s * 1e6 / PAGE_4K * 1000))  # milli-pages/s
         ws = dom.mem_pages if params.working_set_mib is None else int(params.working_set_mib * (1 << 20) // PAGE_4K)
@@ -259,18 +279,18 @@ class MemWriter(Workload):
         self.hot = max(1, int(self.ws * params.hot_set_pct / 100))
         self.quantum = int(params.quantum_us * US)
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "acc": 0, "ovh": 0, "seq": 0, "work": 1}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         if w["ovh"] > 0:
             ns, w["ovh"], w["work"] = w["ovh"], 0, 0
-            return (A, ns)
+            return (A, ns, ())
         w["work"] = 1
-        return (A, self.quantum)
+        return (A, self.quantum, ())
 
-    def on_compute(self, v, ns: int, core) -> None:
+    def on_compute(self, v: VcpuState, ns: int, core: GuestHost) -> None:
         w = v.wl
         if not w["work"]:
             return
@@ -287,7 +307,7 @@ class MemWriter(Workload):
         w["ovh"] += core.guest_write(v, self.dom, pf, _tags(v, n))
 
 
-class PtChurn(Workload):
+class PtChurn(Workload[PtChurnParams]):
     """fork/exec-like iterations; the paging mode decides what each part costs.
 
     HVM: one burst per iteration of compute plus the mode's costs. PV: compute and faults,
@@ -297,10 +317,10 @@ class PtChurn(Workload):
 
     kind = "ptchurn"
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "left": 0, "seq": 0}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         p = self.p
         pm = core.paging(self.dom)
@@ -321,7 +341,7 @@ class PtChurn(Workload):
             if p.pages_touched:
                 pf = v.rng.integers(0, max(1, self.dom.mem_pages), p.pages_touched)
                 ns += core.guest_write(v, self.dom, pf, _tags(v, p.pages_touched))
-            return (A, max(1, ns))
+            return (A, max(1, ns), ())
         if pc == 1 and w["left"] > 0:
             k = min(p.mmu_batch, w["left"])
             w["left"] -= k
@@ -335,18 +355,18 @@ class PtChurn(Workload):
         return self.next_action(v, core)
 
 
-class TlbRandom(Workload):
+class TlbRandom(Workload[TlbRandomParams]):
     """Bursts of random accesses; each costs a DRAM access plus, on a TLB miss, the walk."""
 
     kind = "tlbrandom"
 
-    def __init__(self, params, dom, idx):
+    def __init__(self, params: TlbRandomParams, dom: DomainInfo, idx: int):
         super().__init__(params, dom, idx)
         self.guest_page = PAGE_2M if params.page_size == "2m" else PAGE_4K
         self.host_page = PAGE_2M if params.host_page_size == "2m" else PAGE_4K
         self.ws_bytes = int(params.working_set_mib * (1 << 20))
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         if w.get("it"):
             core.count(f"work.{self.dom.uid}", self.p.accesses_per_quantum)
@@ -362,13 +382,13 @@ class TlbRandom(Workload):
             if k:
                 pf = v.rng.integers(0, max(1, self.dom.mem_pages), k)
                 ns += core.guest_write(v, self.dom, pf, _tags(v, k))
-        return (A, max(1, ns))
+        return (A, max(1, ns), ())
 
 
 # --- I/O through Domain-0 --------------------------------------------------------------------
 
 
-def io_port(dom, idx: int) -> int:
+def io_port(dom: DomainInfo, idx: int) -> int:
     """The port of vCPU ``idx`` bound to another domain (the toolstack bound it at creation)."""
     for p, b in sorted(dom.evtchn.items()):
         if b.notify_vcpu == idx and b.remote_uid >= 0 and b.remote_uid != dom.uid:
@@ -376,26 +396,26 @@ def io_port(dom, idx: int) -> int:
     return -1
 
 
-class IoClient(Workload):
+class IoClient(Workload[IoClientParams]):
     """Frontend of a split driver: post a request on the shared ring, notify, block until the
     backend's response event; the request-to-completion latency is sampled per request."""
 
     kind = "io_client"
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "req": 0, "got": -1}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         pc = w["pc"]
         if pc == 0:
             w["pc"] = 1
-            return (A, _exp_ns(v, self.p.think_us * US))
+            return (A, _exp_ns(v, self.p.think_us * US), ())
         if pc == 1:
             port = io_port(self.dom, self.idx)
             if port < 0:
                 w["pc"] = 0
-                return (A, int(self.p.think_us * US))  # no backend: just compute
+                return (A, int(self.p.think_us * US), ())  # no backend: just compute
             w["req"] += 1
             w["pc"] = 2
             payload = [w["req"], core.now, int(self.p.service_us * US)]
@@ -405,13 +425,13 @@ class IoClient(Workload):
             return self.next_action(v, core)
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
-    def on_restore(self, v, core) -> None:
+    def on_restore(self, v: VcpuState, core: GuestHost) -> None:
         # the frontend reconnected to this host's backend: resubmit an outstanding request
         if v.wl.get("got", -1) < v.wl.get("req", 0):
             v.wl["pc"] = 1
             v.wl["got"] = v.wl["req"]
 
-    def on_events(self, v, core) -> None:
+    def on_events(self, v: VcpuState, core: GuestHost) -> None:
         for port, payload in v.pending_payloads:
             if payload is not None and len(payload) >= 2:
                 req, t_post = payload[0], payload[1]
@@ -421,15 +441,15 @@ class IoClient(Workload):
         super().on_events(v, core)
 
 
-class IoBackend(Workload):
+class IoBackend(Workload[IoBackendParams]):
     """Domain-0's backend: each request costs its service time, then a response event."""
 
     kind = "io_backend"
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "q": []}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         q = w["q"]
         if w["pc"] == 1 and q:  # finished serving the head: answer it
@@ -438,11 +458,11 @@ class IoBackend(Workload):
             return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port, "payload": [req, t_post]}))
         if q:
             w["pc"] = 1
-            return (A, max(1, int(q[0][3])))
+            return (A, max(1, int(q[0][3])), ())
         w["pc"] = 0
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
-    def on_events(self, v, core) -> None:
+    def on_events(self, v: VcpuState, core: GuestHost) -> None:
         for port, payload in v.pending_payloads:
             if payload is not None and len(payload) >= 3:
                 v.wl["q"].append([port, payload[0], payload[1], payload[2]])
@@ -452,20 +472,22 @@ class IoBackend(Workload):
 # --- hypercall drivers ---------------------------------------------------------------------------
 
 
-class Hcall(Workload):
+OneCallP = TypeVar("OneCallP", "HcallParams", "BalloonParams")
+
+
+class OneCall(Workload[OneCallP]):
     """One hypercall at ``at_ms`` (sleeping on a singleshot timer until then); its result and
-    completion time are kept in the vCPU's workload state. Then burn CPU or block."""
+    completion time are kept in the vCPU's workload state. Then burn CPU or block. Subclasses
+    say which call (``call``)."""
 
-    kind = "hcall"
-
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "result": None, "done_ns": -1}
 
-    def call(self) -> tuple:
+    def call(self) -> tuple[int, tuple[Any, ...]]:
         """(hypercall number, arguments) of the one call."""
-        return self.p.nr, tuple(self.p.args) + ((dict(self.p.struct),) if self.p.struct else ())
+        raise NotImplementedError
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         at = int(self.p.at_ms * MS)
         if w["pc"] == 0:
@@ -474,39 +496,49 @@ class Hcall(Workload):
                     return (H, hc.HYPERVISOR_set_timer_op, (at,))
                 return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
             w["pc"] = 1
-            return (H, *self.call())
+            nr, args = self.call()
+            return (H, nr, args)
         if w["pc"] == 1:
             w["result"] = hc.signed(v.regs["rax"])
             w["done_ns"] = core.now
             w["pc"] = 2
         if self.p.then == "cpu":
-            return (A, HUGE_NS)
+            return (A, HUGE_NS, ())
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
 
-class Balloon(Hcall):
+class Hcall(OneCall[HcallParams]):
+    """Any hypercall, number and arguments as configured."""
+
+    kind = "hcall"
+
+    def call(self) -> tuple[int, tuple[Any, ...]]:
+        return self.p.nr, tuple(self.p.args) + ((dict(self.p.struct),) if self.p.struct else ())
+
+
+class Balloon(OneCall[BalloonParams]):
     """A balloon driver's one memory_op: decrease, increase or populate a run of pages."""
 
     kind = "balloon"
 
     CMD = {"decrease": hc.XENMEM_decrease_reservation, "increase": hc.XENMEM_increase_reservation, "populate": hc.XENMEM_populate_physmap}
 
-    def call(self) -> tuple:
+    def call(self) -> tuple[int, tuple[Any, ...]]:
         args = {"extent_start": self.p.first_pfn, "nr_extents": self.p.pages, "extent_order": 0, "domid": self.dom.uid}
         return hc.HYPERVISOR_memory_op, (self.CMD[self.p.op], 0, args)
 
 
-class PingPong(Workload):
+class PingPong(Workload[PingPongParams]):
     """Two vCPUs of one domain talk through guest memory: vCPU 0 writes round k into page 0 and
     notifies; vCPU 1 reads page 0 and writes what it read into page 1 and notifies; vCPU 0
     checks page 1. Counts matches and mismatches (a mismatch would mean memory is not shared)."""
 
     kind = "pingpong"
 
-    def start(self, v, core) -> None:
+    def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "k": 0, "ok": 0, "bad": 0, "woke": 0}
 
-    def next_action(self, v, core) -> tuple:
+    def next_action(self, v: VcpuState, core: GuestHost) -> Action:
         w = v.wl
         port = self._port(v)
         if port < 0:
@@ -514,41 +546,41 @@ class PingPong(Workload):
         if self.idx == 0:
             if w["pc"] == 0:
                 w["k"] += 1
-                core.memory.write_tags(self.dom, np.array([0]), np.array([w["k"]], dtype=np.uint64))
+                core.write_tags(self.dom, np.array([0]), np.array([w["k"]], dtype=np.uint64))
                 w["pc"] = 1
                 return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port}))
             if w["pc"] == 1:
                 if not w["woke"]:
                     return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
                 w["woke"] = 0
-                got = int(core.memory.read_tags(self.dom, np.array([1]))[0])
+                got = int(core.read_tags(self.dom, np.array([1]))[0])
                 w["ok" if got == w["k"] else "bad"] += 1
                 w["pc"] = 0
-                return (A, _exp_ns(v, self.p.think_us * US))
+                return (A, _exp_ns(v, self.p.think_us * US), ())
         else:
             if w["woke"]:
                 w["woke"] = 0
-                got = int(core.memory.read_tags(self.dom, np.array([0]))[0])
+                got = int(core.read_tags(self.dom, np.array([0]))[0])
                 w["k"] = got
                 w["ok" if got > 0 else "bad"] += 1
-                core.memory.write_tags(self.dom, np.array([1]), np.array([got], dtype=np.uint64))
+                core.write_tags(self.dom, np.array([1]), np.array([got], dtype=np.uint64))
                 return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port}))
             return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
-    def _port(self, v) -> int:
+    def _port(self, v: VcpuState) -> int:
         for p, b in sorted(self.dom.evtchn.items()):
             if b.notify_vcpu == self.idx and b.remote_uid == self.dom.uid:
                 return p
         return -1
 
-    def on_events(self, v, core) -> None:
+    def on_events(self, v: VcpuState, core: GuestHost) -> None:
         if v.pending_ports:
             v.wl["woke"] = 1
         super().on_events(v, core)
 
 
-WORKLOADS: dict[str, tuple[type[_P], type[Workload]]] = {
+WORKLOADS: dict[str, tuple[type[_P], type[Workload[Any]]]] = {
     "cpu": (CpuParams, CpuHog),
     "periodic": (PeriodicParams, Periodic),
     "io": (IoParams, IoLike),
@@ -565,17 +597,7 @@ WORKLOADS: dict[str, tuple[type[_P], type[Workload]]] = {
 }
 
 
-def register_workload(kind: str, params: type[_P], cls: type[Workload]) -> None:
-    WORKLOADS[kind] = (params, cls)
-
-
-def workload_params_union():
-    """The discriminated union of every registered workload's parameters (for the config)."""
-    models = tuple(p for p, _ in WORKLOADS.values())
-    return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
-
-
-def make_workload(dom, idx: int, cache: dict) -> Workload:
+def make_workload(dom: DomainInfo, idx: int, cache: dict[tuple[int, int], Workload[Any]]) -> Workload[Any]:
     """The workload object of vCPU ``idx`` of ``dom`` (cached per domain-table entry)."""
     key = (dom.uid, idx)
     wl = cache.get(key)

@@ -49,7 +49,7 @@ def run_ivs(res, host: str = "h0") -> dict[int, list]:
     """vid -> [(start_ns, end_ns, pcpu)] from a run's trace (the intervals each vCPU ran)."""
     out: dict[int, list] = {}
     for r in res.reports[host]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
         for s, e, v in tr.tolist():
-            out.setdefault(v, []).append((s, e, r["pcpu"]))
+            out.setdefault(v, []).append((s, e, r.pcpu))
     return out

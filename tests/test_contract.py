@@ -52,11 +52,11 @@ def check_contract(res, doc) -> None:
         assert p["busy_ns"] + p["idle_ns"] == T, f"pCPU {p['id']}: busy + idle != elapsed"
     intervals: dict[int, list[tuple[int, int, int]]] = {}
     for r in res.reports["h0"]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        assert r["trace_dropped"] == 0
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
+        assert r.trace_dropped == 0
         for start, end, vid in tr.tolist():
             assert end > start
-            intervals.setdefault(vid, []).append((start, end, r["pcpu"]))
+            intervals.setdefault(vid, []).append((start, end, r.pcpu))
     uid_of = {d["name"]: d["uid"] for d in s["domains"]}
     for vid, ivs in intervals.items():
         ivs.sort()

@@ -27,10 +27,10 @@ def intervals(res, dom_name):
     uid = next(d["uid"] for d in res.summary["domains"] if d["name"] == dom_name)
     out = []
     for r in res.reports["h0"]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
         for s, e, vid in tr.tolist():
             if vid == make_vid(uid, 0):
-                out.append((s, e, r["pcpu"]))
+                out.append((s, e, r.pcpu))
     return sorted(out)
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from cluster.backends.inline import InlineBackend
 from cluster.config import build_plan, validate_doc
-from cluster.manager import DomainManager
 from hosts import hypercalls as hc
 from hosts.memory import FREE
 from hosts.vcpu import make_vid
@@ -43,8 +42,8 @@ class Kept:
     def __init__(self, doc):
         self.plan = build_plan(validate_doc(doc, "<test>"))
         self.be = InlineBackend(self.plan)
-        self.hosts = self.be.start()
-        self.mgr = DomainManager(self.plan, self.hosts)
+        self.mgr = self.be.start()
+        self.hosts = self.be.hosts
         self.mgr.setup()
         self.host = self.hosts.get("h0")
 
@@ -58,7 +57,7 @@ class Kept:
     def hcall_stats(self, kind):
         tot = [0, 0]
         for c in self.host.cores.values():
-            n, p, _ = c.hv.get(getattr(hc, f"HYPERVISOR_{kind}"), (0, 0, ()))
+            (n, p), _stays = c.books.hv.get(getattr(hc, f"HYPERVISOR_{kind}"), ([0, 0], ()))
             tot[0] += n
             tot[1] += p
         return tot
@@ -93,8 +92,8 @@ def balloon_outcome(preempt: bool) -> dict:
             "freed_zeroed": bool((mem.tags[freed] == 0).all()),
             "values": values,
             "stats": k.hcall_stats("memory_op"),
-            "stays": [x for c in k.host.cores.values() for x in c.hv.get(hc.HYPERVISOR_memory_op, (0, 0, ()))[2]],
-            "response": [x for c in k.host.cores.values() for lst in c.samples.get("hv_preempt_response", {}).values() for x in lst],
+            "stays": [x for c in k.host.cores.values() for x in c.books.hv.get(hc.HYPERVISOR_memory_op, ([0, 0], ()))[1]],
+            "response": [x for c in k.host.cores.values() for lst in c.books.samples.get("hv_preempt_response", {}).values() for x in lst],
         }
         return out
     finally:
@@ -171,15 +170,15 @@ def check_moved(res) -> None:
     bal = next(d for d in s["domains"] if d["name"] == "bal")
     uid = bal["uid"]
     vid = make_vid(uid, 0)
-    info = next(r["vcpus"][vid] for r in res.reports["h0"] if vid in r["vcpus"])
-    assert info["wl"]["result"] == N
-    assert info["wl"]["done_ns"] > 60_000_000  # it finished after the move
+    info = next(r.vcpus[vid] for r in res.reports["h0"] if vid in r.vcpus)
+    assert info.wl["result"] == N
+    assert info.wl["done_ns"] > 60_000_000  # it finished after the move
     runs = []
     for r in res.reports["h0"]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        runs += [(a, b, r["pcpu"]) for a, b, x in tr.tolist() if x == vid]
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
+        runs += [(a, b, r.pcpu) for a, b, x in tr.tolist() if x == vid]
     assert any(p == 0 and b <= 60_100_000 and a >= 5_000_000 for a, b, p in runs)  # in the hypercall on pCPU 0
-    assert any(p == 1 and a >= 60_000_000 and a < info["wl"]["done_ns"] for a, b, p in runs)  # ... resumed on pCPU 1
+    assert any(p == 1 and a >= 60_000_000 and a < info.wl["done_ns"] for a, b, p in runs)  # ... resumed on pCPU 1
     assert s["hypercalls"]["by_kind"]["memory_op"]["count"] == 1
     assert s["hypercalls"]["by_kind"]["memory_op"]["preempted"] >= 1
     assert bal["frames"] == 4200 * 256 - N

@@ -92,12 +92,12 @@ def test_log_dirty_slows_the_guest_more_under_shadow_than_hap():
         for name in ("hvm-shadow", "hvm-hap"):
             k.host.engine.enable_log_dirty(k.dom(name).uid)
         k.mgr.run_until(100_000_000)
-        dirty = {n: k.host.engine.clean_log_dirty(k.dom(n).uid) for n in ("hvm-shadow", "hvm-hap")}
+        dirty = {n: np.frombuffer(k.host.engine.dirty_clean(k.dom(n).uid), dtype=np.int64) for n in ("hvm-shadow", "hvm-hap")}
         k.mgr.run_until(200_000_000)
         cores = k.host.cores.values()
-        ovh = {n: sum(c.metrics.get(f"paging.{k.dom(n).uid}.logdirty_ns", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
-        faults = {n: sum(c.metrics.get(f"paging.{k.dom(n).uid}.logdirty_faults", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
-        written = {n: sum(c.metrics.get(f"pages_written.{k.dom(n).uid}", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
+        ovh = {n: sum(c.books.metrics.get(f"paging.{k.dom(n).uid}.logdirty_ns", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
+        faults = {n: sum(c.books.metrics.get(f"paging.{k.dom(n).uid}.logdirty_faults", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
+        written = {n: sum(c.books.metrics.get(f"pages_written.{k.dom(n).uid}", 0) for c in cores) for n in ("hvm-shadow", "hvm-hap")}
     finally:
         k.close()
     for n in dirty:
@@ -120,9 +120,9 @@ def pingpong_counts(res):
     uid = next(d["uid"] for d in res.summary["domains"] if d["name"] == "pp")
     out = {}
     for r in res.reports["h0"]:
-        for vid, info in r["vcpus"].items():
+        for vid, info in r.vcpus.items():
             if vid >> 12 == uid:
-                out[vid & 0xFFF] = (r["pcpu"], info["wl"]["ok"], info["wl"]["bad"])
+                out[vid & 0xFFF] = (r.pcpu, info.wl["ok"], info.wl["bad"])
     return out
 
 

@@ -233,8 +233,8 @@ def test_vcpu_inside_a_long_hypercall_finishes_it_on_the_destination():
     assert m["status"] == "completed" and m["memory_match"] and m["vcpu_match"]
     assert m["continuations"] == 1  # the record carried a preempted memory_op
     vid = make_vid(next(d["uid"] for d in s["domains"] if d["name"] == "guest"), 0)
-    info = next(r["vcpus"][vid] for r in res.reports["host1"] if vid in r["vcpus"])
-    assert info["wl"]["result"] == pages and info["wl"]["done_ns"] > m["resume_ns"]
+    info = next(r.vcpus[vid] for r in res.reports["host1"] if vid in r.vcpus)
+    assert info.wl["result"] == pages and info.wl["done_ns"] > m["resume_ns"]
     guest = next(d for d in s["domains"] if d["name"] == "guest")
     assert guest["host"] == "host1" and guest["frames"] == 256 * 256 - pages
 
@@ -278,7 +278,7 @@ def test_abort_at_each_phase_leaves_the_domain_on_the_source(phase, fault, hamme
     vid = make_vid(guest["uid"], 0)
     after = 0
     for r in res.reports["host0"]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
         after += sum(e - max(b, at) for b, e, v in tr.tolist() if v == vid and e > at)
     assert after > 0.5 * (s["sim_time_ns"] - at)
     hosts = s["hosts"]

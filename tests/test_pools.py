@@ -36,8 +36,8 @@ def runs(res, dom):
     uid = next(d["uid"] for d in res.summary["domains"] if d["name"] == dom)
     out = []
     for r in res.reports["h0"]:
-        tr = np.frombuffer(r["trace"], dtype=np.int64).reshape(-1, 3)
-        out += [(b, e, r["pcpu"]) for b, e, v in tr.tolist() if v >> 12 == uid]
+        tr = np.frombuffer(r.trace, dtype=np.int64).reshape(-1, 3)
+        out += [(b, e, r.pcpu) for b, e, v in tr.tolist() if v >> 12 == uid]
     return out
 
 

@@ -50,7 +50,7 @@ def test_cap_50_alone_leaves_the_pcpu_idle_half_the_time():
 def test_waking_vcpu_next_to_hogs_waits_well_under_a_credit_epoch():
     res = simulate_file(VAL / "credit2-latency.yaml")
     io = next(d for d in res.summary["domains"] if d["name"] == "io")["vcpus"][0]["wake_latency_us"]
-    lat = np.array([x for r in res.reports["h0"] for x in r["wake_lat"].get(uid_of(res, "io") << 12, [])]) / 1000.0
+    lat = np.array([x for r in res.reports["h0"] for x in r.wake_lat.get(uid_of(res, "io") << 12, [])]) / 1000.0
     assert io["count"] > 500 and len(lat) == io["count"]
     # it has more credit than the hogs, so it preempts the running one once that one ran the
     # 1 ms rate limit: usually at once, and it never waits for a whole credit epoch (10 ms,

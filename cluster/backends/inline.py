@@ -6,32 +6,26 @@ through ``InlinePorts`` instead of shared-memory mailboxes, with host memory in 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from hosts.host import HostEngine, InlinePorts, make_core
 from hosts.memory import HostMemory
+from hosts.messages import PcpuReport
+from hosts.pcpu import PcpuCore
 
+from cluster.backends.base import ManagerClient
 from cluster.config import Plan
+from cluster.hostclient import HostClient, InlineTransport
+from cluster.manager import DomainManager
 
 
+@dataclass
 class InlineHost:
-    """A HostHandle whose calls run at once, in this process."""
+    """One host's parts, open to inspection (tests, debugging)."""
 
-    def __init__(self, name: str, plan: Plan):
-        spec = plan.hosts[name]
-        self.name = name
-        self.memory = HostMemory.inline(spec.mem_pages, spec.full_memory)
-        self.cores = {c: make_core(spec, c, {}, self.memory, plan.seed, 0) for c in range(spec.nr_pcpus)}
-        self.engine = HostEngine(spec, InlinePorts(self.cores), self.memory, plan.seed)
-
-    def submit(self, method: str, *args: Any) -> Any:
-        return getattr(self.engine, method)(*args)
-
-    def submit_blob(self, method: str, blob: Any, *args: Any) -> Any:
-        return getattr(self.engine, method)(*args, blob)
-
-    def result(self, fut: Any) -> Any:
-        return fut
+    engine: HostEngine
+    cores: dict[int, PcpuCore]
+    memory: HostMemory
 
 
 class InlineBackend:
@@ -41,9 +35,21 @@ class InlineBackend:
         self.plan = plan
         self.hosts: dict[str, InlineHost] = {}
 
-    def start(self) -> dict[str, InlineHost]:
-        self.hosts = {name: InlineHost(name, self.plan) for name in self.plan.hosts}
-        return self.hosts
+    def start(self) -> ManagerClient:
+        clients = {}
+        for name, spec in self.plan.hosts.items():
+            mem = HostMemory.inline(spec.mem_pages, spec.full_memory)
+            cores = {c: make_core(spec, c, {}, mem, self.plan.seed, 0) for c in range(spec.nr_pcpus)}
+            engine = HostEngine(spec, InlinePorts(cores), mem, self.plan.seed)
+            self.hosts[name] = InlineHost(engine, cores, mem)
+            clients[name] = HostClient(name, InlineTransport(engine))
+        return DomainManager(self.plan, clients)
+
+    def reports(self, gathered: dict[str, list[PcpuReport]], lost: set[str]) -> dict[str, list[PcpuReport]]:
+        return {h: list(rs) for h, rs in gathered.items()}
+
+    def placement(self) -> dict[str, str]:
+        return {}
 
     def shutdown(self) -> None:
         for h in self.hosts.values():

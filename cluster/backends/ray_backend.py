@@ -7,27 +7,34 @@ and the doorbells, runs the ``HostEngine``, and is the only actor the domain man
 for the whole run, stepping their ``PcpuCore`` when the master rings (``cluster.backends.shm``);
 that call's result is their final report.
 
-The domain manager is a thin actor over ``cluster.manager.DomainManager``; callers use the
-typed handles below and never see ``.remote()``. Everything crossing an actor boundary is
-msgpack bytes (Ray moves bytes without pickling them): configs, commands, page batches,
-records and reports.
+The domain manager is a thin actor over ``cluster.manager.DomainManager``; it reaches hosts
+through ``HostClient`` over ``RayTransport`` (typed requests of ``hosts.hostops``), and the
+driver reaches it through ``ManagerHandle``; neither sees ``.remote()``. Everything crossing an
+actor boundary is msgpack bytes through ``hosts.wire`` (Ray moves bytes without pickling
+them): configs, requests, page batches, records and reports.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, NamedTuple, cast
 
+import msgpack
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
+from hosts import hostops
 from hosts.host import HostEngine, make_core
 from hosts.memory import HostMemory, buffer_size
+from hosts.messages import PcpuReport
+from hosts.wire import message
 
-from cluster.errors import HostLost, ManagerError, PlacementError, RunIncomplete
 from cluster.backends.shm import Doorbells, Segment, ShmPorts, packb, serve, unpackb
 from cluster.config import Plan, build_plan, host_spec, validate_doc
+from cluster.errors import HostLost, ManagerError, PlacementError, RunIncomplete
+from cluster.hostclient import HostClient, Pending
+from cluster.raysession import RaySession
 
 ACTOR_CPUS = 0.01  # a logical share: pCPU actors are many and mostly wait on their doorbell
 PLACEMENT_TIMEOUT_S = 10.0
@@ -45,7 +52,7 @@ def _is_lost(exc: BaseException) -> bool:
     return False
 
 
-def plan_placement(hosts: list[dict], nodes: list[dict]) -> dict[str, str | None]:
+def plan_placement(hosts: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> dict[str, str | None]:
     """Choose a node for each host under constraints; None = let Ray choose.
 
     Raises PlacementError at once if some host's resources or labels exist on no alive node.
@@ -76,23 +83,17 @@ def plan_placement(hosts: list[dict], nodes: list[dict]) -> dict[str, str | None
     return out
 
 
-def _plain(obj: Any) -> Any:
-    """Results that msgpack cannot carry as is (numpy arrays) become plain data."""
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.astype(np.int64).tobytes()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+def _doc(b: bytes) -> dict[str, Any]:
+    """A config document sent as msgpack (lists stay lists)."""
+    doc: dict[str, Any] = msgpack.unpackb(b, raw=False, strict_map_key=False)
+    return doc
 
 
-@ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)
 class PcpuActor:
     """One pCPU. Thin: all logic is in PcpuCore (and, for pCPU 0, HostEngine)."""
 
     def __init__(self, host_cfg: bytes, run_cfg: bytes, pcpu: int, seed: int, tag: str):
-        self.spec = host_spec(unpackb_dict(host_cfg), unpackb_dict(run_cfg))
+        self.spec = host_spec(_doc(host_cfg), _doc(run_cfg))
         self.pcpu = pcpu
         self.seed = seed
         self.tag = tag
@@ -112,7 +113,8 @@ class PcpuActor:
         self.bells = Doorbells(self.spec.nr_pcpus)
         return name, self.bells.dir, os.getpid()
 
-    def start_master(self, follower_pids: dict) -> bool:
+    def start_master(self, follower_pids: dict[str, int]) -> bool:
+        assert self.seg is not None
         memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=True)
         core = make_core(self.spec, 0, {}, memory, self.seed, 0)
         ports = ShmPorts(self.seg, self.bells, core.step, self.spec.name)
@@ -126,15 +128,14 @@ class PcpuActor:
         return True
 
     def call(self, req: bytes) -> bytes:
-        method, args = unpackb(req)
-        res = getattr(self.host, method)(*args)
-        return packb(_plain(res))
+        """One toolstack request (``hosts.hostops``) on this host."""
+        assert self.host is not None
+        return packb(hostops.serve(self.host, unpackb(req)))
 
-    def call_blob(self, req: bytes, blob: bytes) -> bytes:
-        """``call`` with one more argument that came straight from another actor's result."""
-        method, args = unpackb(req)
-        res = getattr(self.host, method)(*args, unpackb(blob))
-        return packb(_plain(res))
+    def call_with(self, req: bytes, answer: bytes) -> bytes:
+        """``call`` whose last field is another host's answer, passed actor to actor."""
+        assert self.host is not None
+        return packb(hostops.serve(self.host, hostops.with_peer_answer(unpackb(req), unpackb(answer))))
 
     def stop(self) -> bool:
         if self.host is not None:
@@ -157,98 +158,149 @@ class PcpuActor:
             os.nice(2)  # a woken pCPU should not preempt its host's master on a busy machine
         except OSError:
             pass
+        assert self.seg is not None
         report = serve(self.seg, self.cmd_fd, self.done_fd, self.core.step, self.pcpu, self.master_pid)
         return packb(report)
 
 
-def unpackb_dict(b: bytes) -> dict:
-    import msgpack
-
-    return msgpack.unpackb(b, raw=False, strict_map_key=False)
+#: the actor classes as Ray sees them (ray.remote's result is not typed)
+PcpuActorRemote: Any = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(PcpuActor)
 
 
-class RayHost:
-    """Typed handle to a host: its master actor. ``submit`` returns a future."""
+class RayPending(Pending[Any]):
+    """A host's answer on its way from its master actor."""
 
-    def __init__(self, name: str, master):
+    __slots__ = ("host", "ref")
+
+    def __init__(self, host: str, ref: Any):
+        self.host = host
+        self.ref = ref
+
+    def result(self) -> Any:
+        try:
+            return unpackb(ray.get(self.ref))
+        except Exception as exc:  # noqa: BLE001
+            if _is_lost(exc):
+                raise HostLost(self.host, f"its actors are gone ({exc.__class__.__name__})") from None
+            raise
+
+
+class RayTransport:
+    """Requests to a host's master actor, as wire bytes."""
+
+    def __init__(self, name: str, master: Any):
         self.name = name
         self.master = master
 
-    def submit(self, method: str, *args: Any):
-        return self.master.call.remote(packb((method, args)))
+    def send(self, req: Any) -> Pending[Any]:
+        return RayPending(self.name, self.master.call.remote(packb(req)))
 
-    def result_or_lost(self, fut) -> Any:
-        try:
-            return unpackb(ray.get(fut))
-        except Exception as exc:  # noqa: BLE001
-            if _is_lost(exc):
-                raise HostLost(self.name, f"its actors are gone ({exc.__class__.__name__})") from None
-            raise
-
-    def submit_blob(self, method: str, blob, *args: Any):
-        if not isinstance(blob, ray.ObjectRef):
-            blob = packb(blob)
-        return self.master.call_blob.remote(packb((method, args)), blob)
-
-    def result(self, fut) -> Any:
-        return self.result_or_lost(fut)
+    def send_with(self, req: Any, answer: Pending[Any]) -> Pending[Any]:
+        if isinstance(answer, RayPending):
+            ref = answer.ref  # another host's answer goes actor to actor
+        else:
+            ref = packb(answer.result())
+        return RayPending(self.name, self.master.call_with.remote(packb(req), ref))
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
 class ManagerActor:
-    """The domain manager (toolstack) as an actor: a thin shell over DomainManager."""
+    """The domain manager (toolstack) as an actor: a thin shell over DomainManager. Known
+    outcomes travel back as data (``ManagerOutcome``), never as pickled exceptions."""
 
-    def __init__(self, resolved: bytes, masters: dict):
+    def __init__(self, resolved: bytes, masters: dict[str, Any]):
         from cluster.manager import DomainManager
 
-        plan = build_plan(validate_doc(unpackb_dict(resolved), "<resolved config>"))
-        self.mgr = DomainManager(plan, {name: RayHost(name, m) for name, m in masters.items()})
+        plan = build_plan(validate_doc(_doc(resolved), "<resolved config>"))
+        self.mgr = DomainManager(plan, {name: HostClient(name, RayTransport(name, m)) for name, m in masters.items()})
 
-    def call(self, method: str, args: tuple) -> bytes:
+    def _do(self, fn: Callable[[], Any]) -> bytes:
         try:
-            return packb({"ok": _plain(getattr(self.mgr, method)(*args))})
-        except RunIncomplete as exc:  # known outcomes travel as data, not as pickled exceptions
-            return packb({"error": "RunIncomplete", "hosts": exc.hosts, "now": exc.now, "why": exc.why})
+            return packb(ManagerOutcome("ok", fn(), [], 0, ""))
+        except RunIncomplete as exc:
+            return packb(ManagerOutcome("incomplete", None, exc.hosts, exc.now, exc.why))
         except ManagerError as exc:
-            return packb({"error": "ManagerError", "why": str(exc)})
+            return packb(ManagerOutcome("error", None, [], 0, str(exc)))
+
+    def setup(self) -> bytes:
+        return self._do(self.mgr.setup)
+
+    def run_until(self, t_end: int) -> bytes:
+        return self._do(lambda: self.mgr.run_until(t_end))
+
+    def finish(self) -> bytes:
+        return self._do(self.mgr.finish)
+
+    def state(self) -> bytes:
+        return self._do(self.mgr.state)
+
+
+ManagerActorRemote: Any = ray.remote(num_cpus=0, max_restarts=0)(ManagerActor)
+
+
+@message
+class ManagerOutcome(NamedTuple):
+    status: str  # ok, incomplete (hosts lost), error (a ManagerError)
+    value: Any
+    hosts: list[str]
+    now: int
+    why: str
 
 
 class ManagerHandle:
-    """What the driver holds: DomainManager's methods, without ``.remote()``."""
+    """What the driver holds: the domain manager's methods, without ``.remote()``."""
 
-    def __init__(self, actor):
+    def __init__(self, actor: Any):
         self.actor = actor
 
-    def __getattr__(self, method: str):
-        def call(*args):
-            res = unpackb(ray.get(self.actor.call.remote(method, args)))
-            err = res.get("error")
-            if err == "RunIncomplete":
-                raise RunIncomplete(list(res["hosts"]), res["now"], res["why"])
-            if err == "ManagerError":
-                raise ManagerError(res["why"])
-            return res["ok"]
+    @staticmethod
+    def _get(ref: Any) -> Any:
+        out: ManagerOutcome = unpackb(ray.get(ref))
+        if out.status == "incomplete":
+            raise RunIncomplete(list(out.hosts), out.now, out.why)
+        if out.status == "error":
+            raise ManagerError(out.why)
+        return out.value
 
-        return call
+    def setup(self) -> None:
+        self._get(self.actor.setup.remote())
+
+    def run_until(self, t_end: int) -> None:
+        self._get(self.actor.run_until.remote(t_end))
+
+    def finish(self) -> dict[str, list[PcpuReport]]:
+        return dict(self._get(self.actor.finish.remote()))
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._get(self.actor.state.remote()))
 
 
 class RayBackend:
     name = "ray"
 
-    def __init__(self, plan: Plan, resolved: dict, tag: str):
+    def __init__(self, plan: Plan, resolved: dict[str, Any], tag: str, *, address: str | None = None, reaper: Any = None, on_ray_start: Callable[[], None] | None = None):
         self.plan = plan
         self.resolved = resolved
         self.tag = tag
+        self.session = RaySession(address=address, run_tag=tag, reaper=reaper)
+        self.on_ray_start = on_ray_start
         self.pgs: dict[str, Any] = {}
-        self.actors: dict[str, list] = {}
-        self.serve_refs: dict[str, list] = {}
-        self.manager_actor = None
+        self.actors: dict[str, list[Any]] = {}
+        self.serve_refs: dict[str, list[Any]] = {}
+        self.manager_actor: Any = None
         self.nodes: dict[str, str] = {}
 
     def start(self) -> ManagerHandle:
+        self.session.start()
+        if self.on_ray_start is not None:
+            self.on_ray_start()  # e.g. ray.init installs its own SIGTERM handler; the caller's must win
+        handle = self._build()
+        self.session.note_children()
+        return handle
+
+    def _build(self) -> ManagerHandle:
         run_cfg = packb(self.resolved["run"])
         host_cfgs = {h["name"]: h for h in self.resolved["hosts"]}
-        pinned = plan_placement(self.resolved["hosts"], ray.nodes())
+        pinned = plan_placement(self.resolved["hosts"], cast(Callable[[], list[dict[str, Any]]], ray.nodes)())
         for name, spec in self.plan.hosts.items():
             pl = host_cfgs[name].get("placement") or {}
             n = spec.nr_pcpus
@@ -270,7 +322,7 @@ class RayBackend:
         for name, spec in self.plan.hosts.items():
             hc = packb(host_cfgs[name])
             self.actors[name] = [
-                PcpuActor.options(
+                PcpuActorRemote.options(
                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pgs[name], placement_group_bundle_index=c),
                     name=None,
                 ).remote(hc, run_cfg, c, self.plan.seed, self.tag)
@@ -290,16 +342,19 @@ class RayBackend:
         masters = {name: acts[0] for name, acts in self.actors.items()}
         # the toolstack lives with the driver, so that losing another node does not lose it
         here = ray.get_runtime_context().get_node_id()
-        self.manager_actor = ManagerActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), masters)
+        self.manager_actor = ManagerActorRemote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), masters)
         return ManagerHandle(self.manager_actor)
 
-    def follower_reports(self, lost: set[str] = frozenset()) -> dict[str, list[dict]]:
-        out = {}
+    def reports(self, gathered: dict[str, list[PcpuReport]], lost: set[str]) -> dict[str, list[PcpuReport]]:
+        """The masters' reports (pCPU 0, gathered by the manager) with the followers' own."""
+        out = {h: list(rs) for h, rs in gathered.items()}
         for name, refs in self.serve_refs.items():
-            if name in lost:
-                continue
-            out[name] = [unpackb(b) for b in ray.get(refs)]
+            if name not in lost and name in out:
+                out[name] = out[name][:1] + [unpackb(b) for b in ray.get(refs)]
         return out
+
+    def placement(self) -> dict[str, str]:
+        return dict(self.nodes)
 
     def shutdown(self) -> None:
         for name, acts in self.actors.items():
@@ -321,3 +376,4 @@ class RayBackend:
         self.actors = {}
         self.pgs = {}
         self.manager_actor = None
+        self.session.close()

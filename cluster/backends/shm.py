@@ -26,11 +26,27 @@ import sys
 import tempfile
 import traceback
 from multiprocessing import resource_tracker, shared_memory
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from hosts.wire import packb, unpackb
+from hosts.messages import Command, Finish, Reply
+from hosts.wire import message, packb, unpackb
+
+__all__ = ["Doorbells", "Segment", "ShmPorts", "SlotReply", "Stop", "packb", "serve", "unpackb"]
 
 from cluster.errors import TransportError
+
+
+@message
+class Stop(NamedTuple):
+    """The master tells a follower pCPU to leave its serve loop (no report)."""
+
+
+@message
+class SlotReply(NamedTuple):
+    """What a follower writes back: its reply, or the traceback of what it raised."""
+
+    ok: bool
+    payload: Any
 
 SLOT_BYTES = 8 << 20  # per pCPU and direction; tmpfs backs only the pages touched
 HDR = struct.Struct("<Q")
@@ -50,7 +66,9 @@ class Segment:
         self.mem_bytes = (mem_bytes + 4095) // 4096 * 4096
         size = self.mem_bytes + mailbox_bytes(nr_pcpus)
         self.shm = _untracked_shm(name, create, size if create else 0)
-        self.buf = self.shm.buf
+        buf = self.shm.buf
+        assert buf is not None
+        self.buf: memoryview = buf
         self.linked = True
 
     def memory_view(self) -> memoryview:
@@ -77,17 +95,17 @@ class Segment:
     def unlink(self) -> None:
         if self.linked:
             orig = resource_tracker.unregister
-            resource_tracker.unregister = lambda *a, **k: None  # type: ignore[assignment]
+            resource_tracker.unregister = lambda *a, **k: None
             try:
                 self.shm.unlink()
             except FileNotFoundError:
                 pass
             finally:
-                resource_tracker.unregister = orig  # type: ignore[assignment]
+                resource_tracker.unregister = orig
             self.linked = False
 
     def close(self) -> None:
-        self.buf = None
+        self.buf = memoryview(b"")
         try:
             self.shm.close()
         except BufferError:
@@ -105,13 +123,13 @@ def _untracked_shm(name: str, create: bool, size: int) -> shared_memory.SharedMe
     unlink (and warn) again at exit; 3.13 has ``track=False`` for this.
     """
     if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name=name, create=create, size=size, track=False)  # type: ignore[call-arg]
+        return shared_memory.SharedMemory(name=name, create=create, size=size, track=False)  # type: ignore[call-arg,unused-ignore]
     orig = resource_tracker.register
-    resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
+    resource_tracker.register = lambda *a, **k: None
     try:
         return shared_memory.SharedMemory(name=name, create=create, size=size)
     finally:
-        resource_tracker.register = orig  # type: ignore[assignment]
+        resource_tracker.register = orig
 
 
 class Doorbells:
@@ -168,7 +186,7 @@ def _alive(pid: int) -> bool:
 class ShmPorts:
     """The master's side: ``exchange`` commands with its pCPUs over the mailboxes."""
 
-    def __init__(self, seg: Segment, bells: Doorbells, local_step: Callable[[tuple], Any], host: str):
+    def __init__(self, seg: Segment, bells: Doorbells, local_step: Callable[[Command], Reply], host: str):
         self.seg = seg
         self.host = host
         self.local_step = local_step
@@ -177,7 +195,7 @@ class ShmPorts:
         self.follower_pids: dict[int, int] = {}
         self.exchanges = 0
 
-    def exchange(self, cmds: dict[int, tuple]) -> dict[int, Any]:
+    def exchange(self, cmds: dict[int, Command]) -> dict[int, Any]:
         self.exchanges += 1
         followers = [c for c in cmds if c != 0]
         for c in followers:
@@ -189,10 +207,10 @@ class ShmPorts:
             out[0] = self.local_step(cmds[0])
         self._wait(len(followers))
         for c in followers:
-            status, payload = self.seg.read(OUT, c)
-            if status != "ok":
-                raise TransportError(f"host {self.host}: pCPU {c} failed:\n{payload}")
-            out[c] = payload
+            rep = self.seg.read(OUT, c)
+            if type(rep) is not SlotReply or not rep.ok:
+                raise TransportError(f"host {self.host}: pCPU {c} failed:\n{rep.payload if type(rep) is SlotReply else rep}")
+            out[c] = rep.payload
         return out
 
     def _wait(self, n: int) -> None:
@@ -209,13 +227,13 @@ class ShmPorts:
     def stop(self) -> None:
         for c, fd in self.cmd_fds.items():
             try:
-                self.seg.write(IN, c, packb(("stop",)))
+                self.seg.write(IN, c, packb(Stop()))
                 os.write(fd, b"x")
             except (OSError, TypeError):
                 pass
 
 
-def serve(seg: Segment, cmd_fd: int, done_fd: int, step: Callable[[tuple], Any], pcpu: int, leader_pid: int) -> Any:
+def serve(seg: Segment, cmd_fd: int, done_fd: int, step: Callable[[Command], Reply], pcpu: int, leader_pid: int) -> Any:
     """A follower pCPU's loop: wait for a command, step, reply. Returns the final report."""
     while True:
         r, _, _ = select.select([cmd_fd], [], [], POLL_S)
@@ -225,18 +243,17 @@ def serve(seg: Segment, cmd_fd: int, done_fd: int, step: Callable[[tuple], Any],
             continue
         os.read(cmd_fd, 1)
         cmd = seg.read(IN, pcpu)
-        kind = cmd[0]
-        if kind == "stop":
+        if type(cmd) is Stop:
             return None
         try:
             reply = step(cmd)
         except Exception:
-            seg.write(OUT, pcpu, packb(("err", traceback.format_exc())))
+            seg.write(OUT, pcpu, packb(SlotReply(False, traceback.format_exc())))
             os.write(done_fd, b"x")
             continue
-        if kind == "finish":
-            seg.write(OUT, pcpu, packb(("ok", None)))
+        if type(cmd) is Finish:
+            seg.write(OUT, pcpu, packb(SlotReply(True, None)))
             os.write(done_fd, b"x")
             return reply
-        seg.write(OUT, pcpu, packb(("ok", reply)))
+        seg.write(OUT, pcpu, packb(SlotReply(True, reply)))
         os.write(done_fd, b"x")

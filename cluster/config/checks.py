@@ -11,7 +11,7 @@ from pydantic import ValidationError
 import hosts.sched as sched_registry
 from hosts.domain import mib_to_pages
 
-from cluster.config.schema import ClusterConfig, DomainCfg, HostCfg
+from cluster.config.schema import ClusterConfig, DomainCfg, HostCfg, PinAction, PoolMoveAction, SetAction
 from cluster.errors import ConfigError
 
 
@@ -75,34 +75,35 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
             raise ConfigError(file, f"links[{i}]", "a link joins two different hosts")
     for d in cfg.domains:
         check_domain_sched(d, hosts[d.host], file)
-    names = {d.name for d in cfg.domains}
+    doms = {d.name: d for d in cfg.domains}
     for i, e in enumerate(cfg.events):
         kind, act = e.action()
+        where = f"events[{i}].{kind}"
         for fld in ("host", "a", "b", "to"):
-            h = getattr(act, fld, None)
-            if h is not None and h not in hosts:
-                raise ConfigError(file, f"events[{i}].{kind}.{fld}", f"unknown host {h!r}; hosts: {', '.join(host_names)}")
-        dom = getattr(act, "domain", None)
-        if dom is not None and dom not in names:
-            raise ConfigError(file, f"events[{i}].{kind}.domain", f"unknown domain {dom!r}; domains: {', '.join(sorted(names))}")
-        if kind == "pin":
-            d = next(x for x in cfg.domains if x.name == dom)
+            hn = getattr(act, fld, None)
+            if hn is not None and hn not in hosts:
+                raise ConfigError(file, f"{where}.{fld}", f"unknown host {hn!r}; hosts: {', '.join(host_names)}")
+        dom_name = getattr(act, "domain", None)
+        if dom_name is not None and dom_name not in doms:
+            raise ConfigError(file, f"{where}.domain", f"unknown domain {dom_name!r}; domains: {', '.join(sorted(doms))}")
+        if isinstance(act, PinAction):
+            d = doms[act.domain]
             if act.vcpu >= d.vcpus:
-                raise ConfigError(file, f"events[{i}].pin.vcpu", f"domain {dom} has vCPUs 0..{d.vcpus - 1}")
+                raise ConfigError(file, f"{where}.vcpu", f"domain {d.name} has vCPUs 0..{d.vcpus - 1}")
             h = hosts[d.host]
             for c in list(act.hard) + list(act.soft):
                 if not 0 <= c < h.pcpus:
-                    raise ConfigError(file, f"events[{i}].pin", f"pCPU {c} does not exist on host {h.name}")
-        if kind == "move_pool":
-            d = next(x for x in cfg.domains if x.name == dom)
+                    raise ConfigError(file, where, f"pCPU {c} does not exist on host {h.name}")
+        elif isinstance(act, PoolMoveAction):
+            d = doms[act.domain]
             h = hosts[d.host]
             pools = [p.name for p in h.pools] if h.pools else ["Pool-0"]
             if act.pool not in pools:
-                raise ConfigError(file, f"events[{i}].move_pool.pool", f"unknown pool {act.pool!r} on host {h.name}; pools: {', '.join(pools)}")
-        if kind == "set" and act.cap is not None:
-            d = next(x for x in cfg.domains if x.name == dom)
+                raise ConfigError(file, f"{where}.pool", f"unknown pool {act.pool!r} on host {h.name}; pools: {', '.join(pools)}")
+        elif isinstance(act, SetAction) and act.cap is not None:
+            d = doms[act.domain]
             if act.cap > 100 * d.vcpus:
-                raise ConfigError(file, f"events[{i}].set.cap", f"{act.cap} exceeds 100 x vCPUs ({100 * d.vcpus})")
+                raise ConfigError(file, f"{where}.cap", f"{act.cap} exceeds 100 x vCPUs ({100 * d.vcpus})")
         if e.at_ms > cfg.run.duration_ms:
             raise ConfigError(file, f"events[{i}].at_ms", f"{e.at_ms} is after the end of the run ({cfg.run.duration_ms} ms)")
     check_memory(cfg, file)
@@ -115,7 +116,7 @@ def pool_scheduler(h: HostCfg, pool: str | None) -> Any:
     return p.scheduler
 
 
-def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict]:
+def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict[str, Any]]:
     """Validate ``sched``/``vcpu_sched`` against the domain's pool scheduler; one dict per vCPU."""
     where = f"domains[{d.name}]"
     if d.sched is not None and d.vcpu_sched is not None:
@@ -126,7 +127,7 @@ def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict]:
     model = sched_registry.get(sched).domain_params
     if model is None:
         raise ConfigError(file, f"{where}.sched", f"scheduler {sched!r} has no per-domain parameters")
-    items = [d.sched] * d.vcpus if d.sched is not None else list(d.vcpu_sched)
+    items = [d.sched] * d.vcpus if d.sched is not None else list(d.vcpu_sched or [])
     key = "sched" if d.sched is not None else "vcpu_sched"
     if len(items) != d.vcpus:
         raise ConfigError(file, f"{where}.vcpu_sched", f"has {len(items)} entries; expected one per vCPU ({d.vcpus})")

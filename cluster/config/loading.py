@@ -24,7 +24,7 @@ from cluster.errors import ConfigError
 from cluster.paths import PathError, parse_assignment, set_path
 
 
-def _loc_str(loc: tuple, doc: Any) -> str:
+def _loc_str(loc: tuple[Any, ...], doc: Any) -> str:
     """A pydantic location as a readable path, using element names where they exist."""
     parts: list[str] = []
     node = doc
@@ -44,7 +44,7 @@ def _loc_str(loc: tuple, doc: Any) -> str:
     return "".join(parts)
 
 
-def _clean_loc(loc: tuple) -> tuple:
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic adds union/discriminator tags ("credit", "function-after[...]") into locations
     out = []
     for step in loc:
@@ -78,7 +78,7 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
     return field_name, msg
 
 
-def _allowed_keys_hint(loc: tuple, doc: Any = None) -> str:
+def _allowed_keys_hint(loc: tuple[Any, ...], doc: Any = None) -> str:
     model: Any = ClusterConfig
     node = doc
     for step in loc[:-1]:
@@ -101,7 +101,7 @@ def _has(node: Any, step: Any) -> bool:
     return isinstance(step, int) and 0 <= step < len(node)
 
 
-def _model_of(ann: Any, node: Any = None):
+def _model_of(ann: Any, node: Any = None) -> Any:
     """The model an annotation designates; for a discriminated union, the member the
     document's element selects (by its "name" or "kind")."""
     import typing
@@ -121,7 +121,7 @@ def _model_of(ann: Any, node: Any = None):
     return members[0] if members else None
 
 
-def load_doc(path: str | Path) -> dict:
+def load_doc(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(str(path), None, "file not found")
@@ -145,7 +145,7 @@ def load_doc(path: str | Path) -> dict:
     return doc
 
 
-def apply_overrides(doc: dict, overrides: list[str], file: str) -> dict:
+def apply_overrides(doc: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
     for text in overrides:
         try:
             path, value = parse_assignment(text)
@@ -155,7 +155,7 @@ def apply_overrides(doc: dict, overrides: list[str], file: str) -> dict:
     return doc
 
 
-def validate_doc(doc: dict, file: str = "<config>") -> ClusterConfig:
+def validate_doc(doc: dict[str, Any], file: str = "<config>") -> ClusterConfig:
     try:
         cfg = ClusterConfig.model_validate(doc)
     except ValidationError as exc:
@@ -165,7 +165,7 @@ def validate_doc(doc: dict, file: str = "<config>") -> ClusterConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> tuple[ClusterConfig, dict]:
+def load_config(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> tuple[ClusterConfig, dict[str, Any]]:
     """Read, override, validate. Returns the config and the resolved document."""
     doc = load_doc(path)
     doc = apply_overrides(doc, overrides or [], str(path))
@@ -175,7 +175,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, seed: int 
     return cfg, resolved_doc(cfg)
 
 
-def resolved_doc(cfg: ClusterConfig) -> dict:
+def resolved_doc(cfg: ClusterConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_none=True)
 
 
@@ -183,5 +183,5 @@ def config_digest(cfg: ClusterConfig) -> str:
     return hashlib.sha256(json.dumps(resolved_doc(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def json_schema() -> dict:
+def json_schema() -> dict[str, Any]:
     return ClusterConfig.model_json_schema()

@@ -3,11 +3,13 @@ specs, domain-table entries with stable uids, timed events)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 from hosts.clock import MS, US
 from hosts.domain import DomainInfo, mib_to_pages
-from hosts.host import HostSpec, PoolSpec
+from hosts.epoch import HostSpec, PoolSpec
 
 from cluster.config.checks import _affinity_lists, check_domain_sched
 from cluster.config.schema import Action, ClusterConfig, HostCfg, LinkCfg, MigrationCfg, RunCfg
@@ -32,18 +34,18 @@ class Plan:
     duration_ns: int
     control_period_ns: int
     hosts: dict[str, HostSpec]
-    host_cfgs: dict[str, dict]
+    host_cfgs: dict[str, dict[str, Any]]
     domains: list[DomainInfo]  # dom0s first, then guests, uids 1..n
     dom_host: dict[int, str]
     events: list[TimedEvent] = field(default_factory=list)
-    links: list[dict] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
     net_default_mbit_s: float = 1000.0
     net_default_latency_us: float = 100.0
     nics: dict[str, float] = field(default_factory=dict)
     migration_defaults: MigrationCfg = field(default_factory=MigrationCfg)
 
 
-def host_spec(h: HostCfg | dict, run: RunCfg | dict) -> HostSpec:
+def host_spec(h: HostCfg | dict[str, Any], run: RunCfg | dict[str, Any]) -> HostSpec:
     """A HostSpec from a host config (also used inside actors, from the plain dict)."""
     if isinstance(h, dict):
         h = HostCfg.model_validate(h)
@@ -124,8 +126,8 @@ def build_plan(cfg: ClusterConfig) -> Plan:
                 cap=d.cap,
                 pool=pool,
                 workloads=wls,
-                hard_affinity=_affinity_lists(d.hard_affinity, d.vcpus) if d.hard_affinity else [],
-                soft_affinity=_affinity_lists(d.soft_affinity, d.vcpus) if d.soft_affinity else [],
+                hard_affinity=(_affinity_lists(d.hard_affinity, d.vcpus) or []) if d.hard_affinity else [],
+                soft_affinity=(_affinity_lists(d.soft_affinity, d.vcpus) or []) if d.soft_affinity else [],
                 vcpu_sched=vcpu_sched,
                 paused=1 if d.start_paused else 0,
             )

@@ -9,7 +9,7 @@ Defaults live here and nowhere else: the runtime reads these models, never re-de
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,14 +21,35 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _union(models: tuple, key: str):
+def _union(models: tuple[type[BaseModel], ...], key: str) -> Any:
     if len(models) == 1:
         return Annotated[models[0], Field(discriminator=key)]
-    return Annotated[Union[models], Field(discriminator=key)]  # type: ignore[valid-type]
+    return Annotated[Union[models], Field(discriminator=key)]
 
 
-SchedulerCfg = _union(tuple(e.params for e in sched_registry.REGISTRY.values()), "name")
-WorkloadCfg = _union(tuple(p for p, _ in WORKLOADS.values()), "kind")
+if TYPE_CHECKING:  # the registries decide the members at run time; what every member has:
+
+    class SchedulerCfg(BaseModel):
+        name: str
+
+    class WorkloadCfg(BaseModel):
+        kind: str
+
+else:
+    SchedulerCfg = _union(tuple(e.params for e in sched_registry.REGISTRY.values()), "name")
+    WorkloadCfg = _union(tuple(p for p, _ in WORKLOADS.values()), "kind")
+
+Mode = Literal["pv", "hvm-shadow", "hvm-hap"]
+HvmMode = Literal["hvm-shadow", "hvm-hap"]
+
+
+def _per_mode(pv: int, shadow: int, hap: int) -> dict[Mode, int]:
+    return {"pv": pv, "hvm-shadow": shadow, "hvm-hap": hap}
+
+
+def _per_hvm_mode(shadow: int, hap: int) -> dict[HvmMode, int]:
+    return {"hvm-hap": hap, "hvm-shadow": shadow}
+
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -69,21 +90,21 @@ class HypercallCostsCfg(_M):
 class PagingCostsCfg(_M):
     """Costs of memory virtualisation, per paging mode, in ns (see hosts/paging.py)."""
 
-    pt_update_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
-        default_factory=lambda: {"pv": 450, "hvm-shadow": 1450, "hvm-hap": 260},
+    pt_update_ns: dict[Mode, int] = Field(
+        default_factory=lambda: _per_mode(450, 1450, 260),
         description="One guest page-table update: PV validated mmu_update, shadow trap+emulate, HAP plain write.",
     )
-    page_fault_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
-        default_factory=lambda: {"pv": 900, "hvm-shadow": 2700, "hvm-hap": 480}, description="One guest page fault."
+    page_fault_ns: dict[Mode, int] = Field(
+        default_factory=lambda: _per_mode(900, 2700, 480), description="One guest page fault."
     )
-    cr3_switch_ns: dict[Literal["pv", "hvm-shadow", "hvm-hap"], int] = Field(
-        default_factory=lambda: {"pv": 650, "hvm-shadow": 2300, "hvm-hap": 420}, description="One guest address-space switch."
+    cr3_switch_ns: dict[Mode, int] = Field(
+        default_factory=lambda: _per_mode(650, 2300, 420), description="One guest address-space switch."
     )
     walk_ref_ns: float = Field(1.2, gt=0, description="One page-walk memory reference, averaged (upper levels cached).")
     dram_ns: float = Field(85.0, gt=0, description="One random access missing the data caches.")
     tlb_entries: int = Field(1536, ge=1, description="Second-level TLB entries.")
-    logdirty_fault_ns: dict[Literal["hvm-shadow", "hvm-hap"], int] = Field(
-        default_factory=lambda: {"hvm-hap": 1700, "hvm-shadow": 2600},
+    logdirty_fault_ns: dict[HvmMode, int] = Field(
+        default_factory=lambda: _per_hvm_mode(2600, 1700),
         description="First write to a page per log-dirty round: EPT violation (HAP) or write-protect fault (shadow, and PV in shadow mode).",
     )
     shadow_rebuild_ns: float = Field(900.0, ge=0, description="Rebuilding one page's shadow entry after a CLEAN discarded all shadows.")
@@ -92,7 +113,7 @@ class PagingCostsCfg(_M):
 class PoolCfg(_M):
     name: str = Field(pattern=NAME_PATTERN, description="Pool name (Xen's Pool-0 holds dom0).")
     cpus: list[int] = Field(min_length=1, description="pCPU ids of this host in the pool.")
-    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="The pool's scheduler and its parameters.")  # type: ignore[valid-type]
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="The pool's scheduler and its parameters.")
 
 
 class Dom0Cfg(_M):
@@ -116,7 +137,7 @@ class HostCfg(_M):
     pcpus: int = Field(ge=1, le=1024, description="Physical CPUs; each one is a Ray actor under the Ray backend.")
     mem_mib: int = Field(4096, ge=1, le=1 << 24, description="Host RAM in MiB.")
     full_memory: bool = Field(False, description="Keep the 4 KiB of every page (default: an 8-byte content tag per page).")
-    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="Scheduler of the host's single pool (when 'pools' is not given).")  # type: ignore[valid-type]
+    scheduler: SchedulerCfg = Field(default_factory=default_scheduler, description="Scheduler of the host's single pool (when 'pools' is not given).")
     pools: Optional[list[PoolCfg]] = Field(None, description="cpupools: split the host's pCPUs, each pool with its own scheduler.")
     dom0: Dom0Cfg = Field(default_factory=Dom0Cfg, description="Domain-0 of this host.")
     hypercall_costs: HypercallCostsCfg = Field(default_factory=HypercallCostsCfg, description="Time spent in Xen per hypercall.")
@@ -141,8 +162,8 @@ class DomainCfg(_M):
     paging: Literal["pv", "hvm-shadow", "hvm-hap"] = Field("hvm-hap", description="Memory virtualisation mode.")
     hard_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs may run on: one list for all, or one list per vCPU.")
     soft_affinity: Optional[Affinity] = Field(None, description="pCPUs the vCPUs prefer: one list for all, or one list per vCPU.")
-    workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")  # type: ignore[valid-type]
-    vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")  # type: ignore[valid-type]
+    workload: Optional[WorkloadCfg] = Field(None, description="The guest program of every vCPU (default: cpu).")
+    vcpu_workloads: Optional[list[WorkloadCfg]] = Field(None, description="One guest program per vCPU (instead of 'workload').")
     start_paused: bool = Field(False, description="Create the domain paused (unpause with an event).")
     sched: Optional[dict[str, Any]] = Field(
         None, description="Per-vCPU scheduler parameters for all vCPUs, checked against the pool's scheduler (e.g. RTDS: period_us, budget_us, extratime)."

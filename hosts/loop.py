@@ -1,0 +1,110 @@
+"""EventLoop: one pCPU's clock, event heap and softirq flags; the bottom layer of PcpuCore.
+
+A pCPU advances alone between epoch boundaries: ``advance(until)`` fires every event before
+``until`` in (time, priority, sequence) order and runs the SCHEDULE softirq after each instant
+at which it was raised (unless the current vCPU is inside Xen: stackless, the softirq waits
+for the hypercall to return to the guest). What an event does is the upper layers' business
+(``_dispatch``, ``_softirqs``).
+
+Xen's ``s_timer`` (the scheduler's decision timer) is kept here with a lazy re-arm: the heap
+holds at most one live entry, at ``s_armed`` <= ``s_deadline``; an entry that fires early
+re-arms for the deadline, so moving the deadline later (the common case) costs no heap work.
+Timers a scheduler arms by name (Credit's tick) are tokens in ``timers``; a stale heap entry
+is ignored when it fires.
+"""
+
+from __future__ import annotations
+
+from heapq import heappop, heappush
+from typing import Any
+
+from hosts.books import PcpuBooks
+from hosts.clock import NEVER
+from hosts.events import PRIO_TIMER, EventQueue
+
+# Event kinds.
+EV_S_TIMER = 0  # the scheduler's decision timer (Xen's s_timer)
+EV_SCHED_TIMER = 1  # a timer the scheduler armed by name (Credit's tick)
+EV_VCPU_TIMER = 2  # a vCPU's singleshot timer (set_timer_op)
+EV_BURST = 3  # the running vCPU's compute burst or hypercall ends
+EV_POLL_TIMEOUT = 4
+
+MODE_GUEST = 0
+MODE_XEN = 1
+
+
+class InvariantError(AssertionError):
+    """A broken scheduler contract (only raised with checks on)."""
+
+
+class EventLoop:
+    """Clock, heap and flags of one pCPU. Subclasses give events and softirqs their meaning."""
+
+    def __init__(self, host: str, pcpu: int, start_ns: int, trace_max: int):
+        self.host = host
+        self.pcpu = pcpu
+        self.now = start_ns
+        self.q = EventQueue()
+        self._heap = self.q._heap
+        self.books = PcpuBooks(start_ns, trace_max)
+        self.softirq = False  # SCHEDULE_SOFTIRQ pending
+        self.timer_softirq = False  # TIMER_SOFTIRQ pending (preempts a long hypercall)
+        self.mode = MODE_GUEST  # where the current vCPU executes
+        self.s_deadline = NEVER
+        self.s_armed = NEVER
+        self.timers: dict[str, int] = {}  # scheduler timer name -> live token
+        self._timer_tok = 0
+        self.gen = 0  # token of the current vCPU's burst event; bumped on every switch / replan
+        self.busy_ev = False  # a burst event of the current vCPU is in the heap
+
+    # --- the heap ------------------------------------------------------------------------------
+    def _push(self, t: int, prio: int, kind: int, arg: Any) -> None:
+        self.q._seq += 1
+        heappush(self._heap, (t, prio, self.q._seq, kind, arg))
+
+    def next_event_ns(self) -> int:
+        return self._heap[0][0] if self._heap else NEVER
+
+    def advance(self, until: int) -> None:
+        """Process every event with time < ``until``; then stand at ``until``."""
+        heap = self._heap
+        dispatch = self._dispatch
+        n = 0
+        if self.softirq and self.mode == MODE_GUEST:
+            self._softirqs()
+        while heap and heap[0][0] < until:
+            t = heap[0][0]
+            self.now = t
+            while heap and heap[0][0] == t:
+                _t, _prio, _seq, kind, arg = heappop(heap)
+                n += 1
+                if kind == EV_BURST:  # the most frequent kind, handled without a dispatch call
+                    if arg == self.gen:
+                        self.busy_ev = False
+                        self._burst_end()
+                else:
+                    dispatch(kind, arg)
+            if self.softirq and self.mode == MODE_GUEST:
+                self._softirqs()
+        self.books.events += n
+        if until > self.now:
+            self.now = until
+
+    def _dispatch(self, kind: int, arg: Any) -> None:
+        """Every kind but EV_BURST."""
+        raise NotImplementedError
+
+    def _burst_end(self) -> None:
+        raise NotImplementedError
+
+    def _softirqs(self) -> None:
+        raise NotImplementedError
+
+    # --- timers --------------------------------------------------------------------------------
+    def set_timer(self, name: str, when_ns: int) -> None:
+        self._timer_tok += 1
+        self.timers[name] = self._timer_tok
+        self._push(when_ns, PRIO_TIMER, EV_SCHED_TIMER, (name, self._timer_tok))
+
+    def stop_timer(self, name: str) -> None:
+        self.timers.pop(name, None)
