@@ -69,7 +69,7 @@ from hosts.messages import (
 from hosts.pcpu import PcpuCore
 from hosts.sched import get as get_sched
 from hosts.sched.base import PoolScheduler
-from hosts.sched.messages import Give
+from hosts.sched.messages import Give, StealRequest
 from hosts.vcpu import vid_dom
 
 _new = tuple.__new__
@@ -172,7 +172,7 @@ class EpochEngine:
         self.epoch = spec.epoch_ns
         self.cpus = tuple(range(spec.nr_pcpus))
         self.pool_of = spec.pool_of_cpu()
-        self.pools: dict[int, PoolScheduler] = {}
+        self.pools: dict[int, PoolScheduler[Any]] = {}
         for p in spec.pools:
             ps = get_sched(p.sched).pool(p.params, p.cpus, start_ns)
             ps.locate = self.locate
@@ -314,7 +314,7 @@ class EpochEngine:
         xfers: dict[int, list[InboxItem]] = {}
         others: dict[int, list[InboxItem]] = {}
         pool_items: dict[int, list[InboxItem]] = {}
-        steal_reqs: dict[int, list[tuple[int, int, int]]] = {}
+        steal_reqs: dict[int, list[StealRequest]] = {}
         told: set[int] = set()  # pools that received messages this round
         directory = self.directory
         for t, src, _j, m in msgs:
@@ -327,7 +327,7 @@ class EpochEngine:
                     directory[m.vid] = m.to_pcpu
                 xfers.setdefault(m.to_pcpu, []).append(Xfer(m.vcpu, m.how, False))
             elif type(m) is StealReq:
-                steal_reqs.setdefault(self.pool_of[src], []).append((t, src, m.pri))
+                steal_reqs.setdefault(self.pool_of[src], []).append(StealRequest(t, src, m.pri))
             elif type(m) is PoolOut:
                 pid = self.pool_of[src]
                 self.pools[pid].on_msg(src, m.payload)

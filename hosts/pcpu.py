@@ -64,7 +64,7 @@ from hosts.messages import (
 from hosts.paging import PagingCosts
 from hosts.rng import generator
 from hosts.sched.base import SchedulerEntry
-from hosts.sched.messages import Give
+from hosts.sched.messages import Give, GiveFailed
 from hosts.clock import NEVER
 from hosts.vcpu import RUNSTATE_RUNNABLE, RUNSTATE_RUNNING, VPF_BLOCKED_IN_XEN, VPF_DOWN, VPF_MIGRATING, VcpuState
 from hosts.workload import make_workload
@@ -256,7 +256,7 @@ def _on_pool(core: PcpuCore, m: PoolInstr) -> None:
 def _on_give(core: PcpuCore, m: Give) -> None:
     v = core.vcpus.get(m.vid)
     if v is None or v is core.curr or not v.runnable():
-        core.outbox.append(PoolOut(core.now, ("give_failed", m.vid, m.to_pcpu)))
+        core.outbox.append(PoolOut(core.now, GiveFailed(m.vid, m.to_pcpu)))
         return
     core.sched.migrate(v, m.to_pcpu)
     core._send_vcpu(v, m.to_pcpu, XFER_STOLEN)

@@ -127,7 +127,7 @@ class VcpuState:
         return self._rng
 
     @rng.setter
-    def rng(self, gen: np.random.Generator) -> None:
+    def rng(self, gen: np.random.Generator | None) -> None:
         self._rng = gen
         self._rng_words = None
 

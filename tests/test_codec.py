@@ -44,7 +44,7 @@ def vcpus(draw) -> VcpuState:
     v.upcall_pending = draw(st.booleans())
     v.wl = draw(st.dictionaries(st.text(max_size=6), plain, max_size=5))
     v.rng = generator(draw(st.integers(0, 2**32)), draw(st.text(max_size=10))) if draw(st.booleans()) else None
-    if v.rng is not None:
+    if v.has_rng():
         v.rng.random(draw(st.integers(0, 5)))
         v.rng.integers(0, 10, draw(st.integers(0, 3)), dtype=np.uint32)
     v.wake_ns = draw(st.one_of(st.just(-1), i63))

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from hosts.clock import NEVER
 from hosts.sched.affinity import NO_CPUS, Masks, affinity_masks, dom_affinity
-from hosts.sched.messages import EngineGiveFailed, Instruction, PoolMsg, PoolView, StealRequest, Summary, ViewExtra
+from hosts.sched.messages import Instruction, PoolMsg, PoolView, StealRequest, Summary, ViewExtra
 from hosts.vcpu import make_vid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,7 +254,7 @@ class PoolScheduler(Generic[SumT]):
     def adjust(self, dom: "DomainInfo") -> None:
         pass
 
-    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+    def on_msg(self, src: int, payload: PoolMsg) -> None:
         """A message a pCPU sent with ``ctx.pool_msg`` (or the engine's failed give); a
         scheduler whose pCPU half sends none refuses any."""
         raise unknown("pool half", self.name, payload)

@@ -47,8 +47,6 @@ class GiveFailed(NamedTuple):
     to_pcpu: int
 
 
-#: how the engine reports a failed give today: ("give_failed", vid, to_pcpu)
-EngineGiveFailed = tuple[str, int, int]
 
 
 @message

@@ -45,7 +45,7 @@ from hosts.clock import NEVER
 from hosts.domain import DomainInfo
 from hosts.sched.affinity import NO_CPUS, balance_mask, dom_affinity, has_soft_affinity
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, UnitRecord, register, unknown
-from hosts.sched.messages import EngineGiveFailed, GiveFailed, Instruction, NullAssign, NullSend, NullSummary, NullView, PoolMsg, StealRequest
+from hosts.sched.messages import GiveFailed, Instruction, NullAssign, NullSend, NullSummary, NullView, PoolMsg, StealRequest
 from hosts.vcpu import make_vid, vid_idx
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -247,9 +247,9 @@ class NullPool(PoolScheduler[NullSummary]):
             self.affinity.pop(vid, None)
             self.sent.pop(vid, None)
 
-    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+    def on_msg(self, src: int, payload: PoolMsg) -> None:
         match payload:
-            case GiveFailed() | ("give_failed", _, _):
+            case GiveFailed():
                 self.dirty = True
             case _:
                 raise unknown("pool half", self.name, payload)

@@ -34,7 +34,6 @@ from hosts.sched.messages import (
     CreditAcctStop,
     CreditQueued,
     CreditSummary,
-    EngineGiveFailed,
     Give,
     GiveFailed,
     Instruction,
@@ -106,7 +105,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
         for i in range(dom.nr_vcpus):
             self.affinity.pop(make_vid(dom.uid, i), None)
 
-    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+    def on_msg(self, src: int, payload: PoolMsg) -> None:
         match payload:
             case CreditAcctStart(vid):
                 uid = vid_dom(vid)
@@ -128,7 +127,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
                     self.active_sdom.remove(uid)
             case CreditAcctCredit(credit):
                 self._balance_acc += credit
-            case GiveFailed() | ("give_failed", _, _):
+            case GiveFailed():
                 pass  # a steal that found its vCPU gone: nothing is kept in flight
             case _:
                 raise unknown("pool half", self.name, payload)

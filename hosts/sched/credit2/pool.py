@@ -41,7 +41,6 @@ from hosts.sched.messages import (
     Credit2Untickle,
     Credit2View,
     Credit2Waiting,
-    EngineGiveFailed,
     Give,
     GiveFailed,
     Instruction,
@@ -124,13 +123,13 @@ class Credit2Pool(Credit2Balancer, Credit2PoolBudget):
                 if vid in r.members:
                     r.members.remove(vid)
 
-    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+    def on_msg(self, src: int, payload: PoolMsg) -> None:
         match payload:
             case Credit2Reset():
                 self.resets.append((src, payload))
             case Credit2BudgetWant():
                 self.wants.add(payload.uid)
-            case GiveFailed(vid, _) | ("give_failed", vid, _):
+            case GiveFailed(vid, _):
                 self.inflight.pop(vid, None)
             case _:
                 raise unknown("pool half", self.name, payload)

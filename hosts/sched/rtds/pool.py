@@ -24,7 +24,6 @@ from hosts.domain import DomainInfo
 from hosts.sched.affinity import cycle
 from hosts.sched.base import PoolScheduler, unknown
 from hosts.sched.messages import (
-    EngineGiveFailed,
     Give,
     GiveFailed,
     Instruction,
@@ -71,9 +70,9 @@ class RtdsPool(PoolScheduler[RtdsSummary]):
             self.affinity.pop(vid, None)
             self.inflight.pop(vid, None)
 
-    def on_msg(self, src: int, payload: PoolMsg | EngineGiveFailed) -> None:
+    def on_msg(self, src: int, payload: PoolMsg) -> None:
         match payload:
-            case GiveFailed(vid, _) | ("give_failed", vid, _):
+            case GiveFailed(vid, _):
                 self.inflight.pop(vid, None)
             case _:
                 raise unknown("pool half", self.name, payload)
