@@ -20,7 +20,8 @@ from cluster.config import ConfigError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from cluster.batch import Counts, Row
+    from cluster.batch import Counts
+    from cluster.batch_table import Row
     from cluster.sweep import Sweep, Trial
 
 

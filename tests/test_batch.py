@@ -21,18 +21,9 @@ from typer.testing import CliRunner
 
 import msgpack
 
-from cluster.batch import (
-    BatchInterrupted,
-    RayLauncher,
-    SerialLauncher,
-    TrialJob,
-    TrialOutcome,
-    headline_metrics,
-    pack_message,
-    run_batch,
-    table_columns,
-    unpack_message,
-)
+from cluster.batch import BatchInterrupted, RayLauncher, SerialLauncher, run_batch
+from cluster.batch_table import headline_metrics, table_columns
+from cluster.batch_wire import TrialJob, TrialOutcome, pack_message, unpack_message
 from cluster.cli import app
 from cluster.sweep import plan_sweep
 from hosts.wire import WireError
