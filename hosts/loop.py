@@ -104,7 +104,8 @@ class EventLoop:
     def set_timer(self, name: str, when_ns: int) -> None:
         self._timer_tok += 1
         self.timers[name] = self._timer_tok
-        self._push(when_ns, PRIO_TIMER, EV_SCHED_TIMER, (name, self._timer_tok))
+        self.q._seq += 1
+        heappush(self._heap, (when_ns, PRIO_TIMER, self.q._seq, EV_SCHED_TIMER, (name, self._timer_tok)))
 
     def stop_timer(self, name: str) -> None:
         self.timers.pop(name, None)

@@ -115,7 +115,7 @@ class NullScheduler(PcpuScheduler):
     def insert(self, v: "VcpuState", stolen: bool = False) -> None:
         if not isinstance(v.sched, NullUnit):
             v.sched = NullUnit()
-        unit(v).target = -1
+        v.sched.target = -1
         if v.vid == self.pc.assigned and v.runnable() and self.ctx.curr is not v:
             self.ctx.raise_softirq()
 
@@ -158,7 +158,7 @@ class NullScheduler(PcpuScheduler):
                 if v is not None and instr.to_pcpu != self.ctx.pcpu:
                     if not isinstance(v.sched, NullUnit):
                         v.sched = NullUnit()
-                    unit(v).target = instr.to_pcpu
+                    v.sched.target = instr.to_pcpu
                     self.ctx.set_migrating(v)
             case _:
                 raise unknown("pCPU half", self.name, instr)

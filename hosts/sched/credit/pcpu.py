@@ -23,11 +23,15 @@ from hosts.clock import MS, US
 from hosts.sched.affinity import Masks, balance_mask, cycle, has_soft_affinity
 from hosts.sched.base import Decision, PcpuScheduler, SchedContext, unknown
 from hosts.sched.credit.params import CREDITS_PER_MSEC, FLAG_MIGRATING, FLAG_PARKED, FLAG_PINNED, FLAG_YIELD, MIN_TIMER_NS, PRI_BOOST, PRI_IDLE, PRI_NAMES, PRI_OVER, PRI_UNDER, CreditParams
-from hosts.sched.credit.records import CreditPcpu, CreditVcpu, cpu_pick, unit
+from hosts.sched.credit.records import CreditPcpu, CreditVcpu, cpu_pick
 from hosts.sched.messages import CreditAcct, CreditAcctCredit, CreditAcctStart, CreditAcctStop, CreditQueued, CreditSummary, Instruction
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
+
+
+#: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
+_new = tuple.__new__
 
 
 class CreditScheduler(PcpuScheduler):
@@ -63,7 +67,7 @@ class CreditScheduler(PcpuScheduler):
 
     def _set_pinned(self, v: "VcpuState") -> None:
         self._aff_cache.pop(v.vid, None)
-        u = unit(v)
+        u: CreditVcpu = v.sched
         if len(self._aff(v)[0]) == 1:
             u.flags |= FLAG_PINNED
         else:
@@ -84,11 +88,11 @@ class CreditScheduler(PcpuScheduler):
     def _runq_insert(self, v: "VcpuState") -> None:
         """__runq_insert: by priority, FIFO within one; a yielder goes behind one more."""
         runq = self.pc.runq
-        u = unit(v)
+        u: CreditVcpu = v.sched
         pri = u.pri
         i = 0
         n = len(runq)
-        while i < n and unit(runq[i]).pri >= pri:
+        while i < n and runq[i].sched.pri >= pri:
             i += 1
         if u.flags & FLAG_YIELD and i < n:
             i += 1
@@ -98,9 +102,9 @@ class CreditScheduler(PcpuScheduler):
         """__runq_tickle for ``v`` just queued on this pCPU."""
         ctx = self.ctx
         me = ctx.pcpu
-        u = unit(v)
+        u: CreditVcpu = v.sched
         cur = ctx.curr
-        cur_pri = unit(cur).pri if cur is not None else PRI_IDLE
+        cur_pri = cur.sched.pri if cur is not None else PRI_IDLE
         idle_mask = ctx.view.idlers & self.pool
         hard, soft = self._aff(v)
         mask: list[int] = []
@@ -165,7 +169,7 @@ class CreditScheduler(PcpuScheduler):
         self._aff_cache.pop(v.vid, None)
 
     def wake(self, v: "VcpuState", migrating: bool = False) -> None:
-        u = unit(v)
+        u: CreditVcpu = v.sched
         if self.ctx.curr is v or v in self.pc.runq:
             return
         was_migrating = bool(u.flags & FLAG_MIGRATING) or migrating
@@ -184,7 +188,7 @@ class CreditScheduler(PcpuScheduler):
             self.pc.nr_runnable -= 1
 
     def yield_(self, v: "VcpuState") -> None:
-        unit(v).flags |= FLAG_YIELD
+        v.sched.flags |= FLAG_YIELD
 
     def adjust_affinity(self, v: "VcpuState") -> None:
         self._set_pinned(v)
@@ -196,14 +200,14 @@ class CreditScheduler(PcpuScheduler):
         runq_idle = not self.pc.runq if cur == me else False
         cpu = cpu_pick(cur, hard, soft, self.pool, self.ctx.view.idlers, runq_idle)
         if commit:
-            unit(v).flags |= FLAG_MIGRATING
+            v.sched.flags |= FLAG_MIGRATING
         return cpu
 
     def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
         pc = self.pc
         ctx = self.ctx
         if curr is not None:
-            u = unit(curr)
+            u: CreditVcpu = curr.sched
             runtime = now - curr.state_entry_ns
             if runtime < 0:
                 runtime = 0
@@ -223,7 +227,7 @@ class CreditScheduler(PcpuScheduler):
             u.flags &= ~FLAG_YIELD
         pc.steal_pending = False
         snext = pc.runq[0] if pc.runq else None
-        su = unit(snext) if snext is not None else None
+        su = snext.sched if snext is not None else None
         snext_pri = su.pri if su is not None else PRI_IDLE
         if snext_pri <= PRI_OVER and now - pc.last_load_balance > self.lb_ratelimit:
             pc.last_load_balance = now
@@ -251,7 +255,7 @@ class CreditScheduler(PcpuScheduler):
         pc.tick += 1
         curr = ctx.curr
         if curr is not None:
-            u = unit(curr)
+            u: CreditVcpu = curr.sched
             if u.pri == PRI_BOOST:
                 u.pri = PRI_UNDER
             if self.timestamp_acct:
@@ -268,18 +272,18 @@ class CreditScheduler(PcpuScheduler):
         # csched_runq_sort: once per accounting epoch, move UNDER/BOOST ahead of OVER.
         if ctx.view.epoch != pc.runq_sort_last:
             pc.runq_sort_last = ctx.view.epoch
-            pc.runq[:] = [v for v in pc.runq if unit(v).pri >= PRI_UNDER] + [v for v in pc.runq if unit(v).pri < PRI_UNDER]
+            pc.runq[:] = [v for v in pc.runq if v.sched.pri >= PRI_UNDER] + [v for v in pc.runq if v.sched.pri < PRI_UNDER]
         ctx.set_timer("tick", now + self.tick_period)
 
     def summary(self) -> CreditSummary:
         curr = self.ctx.curr
         runq = []
         for v in self.pc.runq:
-            u = unit(v)
-            runq.append(CreditQueued(v.vid, u.pri, u.last_sched_time))
+            u: CreditVcpu = v.sched
+            runq.append(_new(CreditQueued, (v.vid, u.pri, u.last_sched_time)))
         if curr is None:
-            return CreditSummary(-1, PRI_IDLE, tuple(runq), self.pc.nr_runnable)
-        return CreditSummary(curr.vid, unit(curr).pri, tuple(runq), self.pc.nr_runnable)
+            return _new(CreditSummary, (-1, PRI_IDLE, tuple(runq), self.pc.nr_runnable))
+        return _new(CreditSummary, (curr.vid, curr.sched.pri, tuple(runq), self.pc.nr_runnable))
 
     def apply_pool(self, instr: Instruction) -> None:
         if type(instr) is not CreditAcct:
@@ -291,7 +295,7 @@ class CreditScheduler(PcpuScheduler):
         v = self.ctx.vcpus.get(m.vid)
         if v is None:
             return
-        u = unit(v)
+        u: CreditVcpu = v.sched
         if not u.active:
             return
         S = self.credits_per_tslice
@@ -317,6 +321,6 @@ class CreditScheduler(PcpuScheduler):
 
     def dump(self) -> dict[str, Any]:
         return {
-            "runq": [(v.vid, PRI_NAMES.get(unit(v).pri, unit(v).pri), unit(v).credit) for v in self.pc.runq],
+            "runq": [(v.vid, PRI_NAMES.get(v.sched.pri, v.sched.pri), v.sched.credit) for v in self.pc.runq],
             "nr_runnable": self.pc.nr_runnable,
         }

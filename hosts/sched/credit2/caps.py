@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from hosts.clock import NEVER
 from hosts.sched.base import PoolScheduler
 from hosts.sched.credit2.params import F_PARK_PENDING, F_PARKED, MIN_TIMER
-from hosts.sched.credit2.records import Credit2Dom, Credit2Unit, unit
+from hosts.sched.credit2.records import Credit2Dom, Credit2Unit
 from hosts.sched.credit2.runq import Credit2Slice
 from hosts.sched.messages import Credit2BudgetSet, Credit2BudgetWant, Credit2CapOff, Credit2CapOn, Credit2Summary, Instruction
 from hosts.vcpu import vid_dom
@@ -51,7 +51,7 @@ class Credit2PcpuBudget(Credit2Slice):
 
     def _grab(self, v: "VcpuState", running: bool) -> bool:
         """unit_grab_budget: take a quota from this pCPU's share of the domain's budget."""
-        u = unit(v)
+        u: Credit2Unit = v.sched
         b = u.budget or 0
         if b > 0:
             return True
@@ -78,7 +78,7 @@ class Credit2PcpuBudget(Credit2Slice):
     def _return_budget(self, v: "VcpuState") -> bool:
         """unit_return_budget, without the unpark: True if the domain has budget here again
         (the caller unparks after its requeue, as csched2_context_saved does)."""
-        u = unit(v)
+        u: Credit2Unit = v.sched
         b = u.budget
         if b is None or b <= 0:
             return False
@@ -88,7 +88,7 @@ class Credit2PcpuBudget(Credit2Slice):
         return r > 0
 
     def _park(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: Credit2Unit = v.sched
         if u.flags & F_PARKED:
             return
         u.flags |= F_PARKED
@@ -100,9 +100,9 @@ class Credit2PcpuBudget(Credit2Slice):
         vids = self.pc.parked.pop(uid, [])
         for vid in vids:
             v = self.ctx.vcpus.get(vid)
-            if v is None or not unit(v).flags & F_PARKED:
+            if v is None or not v.sched.flags & F_PARKED:
                 continue
-            unit(v).flags &= ~F_PARKED
+            v.sched.flags &= ~F_PARKED
             self.ctx.unpark(v)
 
     # --- instructions ------------------------------------------------------------------------

@@ -27,12 +27,16 @@ from hosts.sched.base import Decision, unknown
 from hosts.sched.credit2.caps import Credit2PcpuBudget
 from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_RESET, F_DELAYED, F_MIGRATE_REQ, F_PARK_PENDING, F_PARKED, F_PINNED, F_SCHEDULED, F_YIELD, IDLE_CREDIT
 from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, MAX_TIMER, MIGRATE_COMPENSATION, MIN_TIMER, PULL
-from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, unit
+from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick
 from hosts.sched.messages import Credit2BudgetSet, Credit2CapOff, Credit2CapOn, Credit2Curr, Credit2Load, Credit2Pulled, Credit2Queued
 from hosts.sched.messages import Credit2Reserve, Credit2Reset, Credit2RqMigrate, Credit2Summary, Credit2Untickle, Credit2View, Instruction
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
+
+
+#: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
+_new = tuple.__new__
 
 
 class Credit2Scheduler(Credit2PcpuBudget):
@@ -49,7 +53,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 return None
             self._burn(cur, now)
             _, soft = self.affinity(cur)
-            return (unit(cur).credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
+            return (cur.sched.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
         info = self._view().cpu.get(cpu)
         if info is None:
             return None
@@ -62,7 +66,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if info is None or not info[2]:
             return -1
         credit, cur_soft_ok, _ = info
-        u = unit(v)
+        u: Credit2Unit = v.sched
         score = u.credit - credit
         if cpu != u.processor:
             score -= self.resist
@@ -79,7 +83,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         self._fresh_view()
         ctx = self.ctx
         me = ctx.pcpu
-        u = unit(v)
+        u: Credit2Unit = v.sched
         pc = self.pc
         hard, soft = self.affinity(v)
         idlers = self._idlers()
@@ -191,7 +195,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             return
         now = self.ctx.now
         self._acc(now)
-        u = unit(v)
+        u: Credit2Unit = v.sched
         if self.ctx.curr is not v and not u.on_runq:
             if u.flags & F_SCHEDULED:
                 u.flags |= F_DELAYED
@@ -203,7 +207,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def sleep(self, v: "VcpuState") -> None:
         now = self.ctx.now
         self._acc(now)
-        u = unit(v)
+        u: Credit2Unit = v.sched
         if self.ctx.curr is v:
             self.ctx.raise_softirq()
         elif u.on_runq:
@@ -213,7 +217,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u.flags &= ~F_DELAYED
 
     def yield_(self, v: "VcpuState") -> None:
-        unit(v).flags |= F_YIELD
+        v.sched.flags |= F_YIELD
 
     def adjust_affinity(self, v: "VcpuState") -> None:
         self._set_pinned(v)
@@ -221,7 +225,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def context_saved(self, v: "VcpuState") -> None:
         now = self.ctx.now
         self._acc(now)
-        u = unit(v)
+        u: Credit2Unit = v.sched
         u.flags &= ~F_SCHEDULED
         if u.flags & F_PARK_PENDING:
             u.flags &= ~F_PARK_PENDING
@@ -240,7 +244,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
         """csched2_res_pick: the least loaded runqueue of the (soft, then hard) affinity, then
         the next pCPU after the runqueue's pick bias."""
-        u = unit(v)
+        u: Credit2Unit = v.sched
         hard, soft = self.affinity(v)
         if u.migrate_cpu >= 0 and u.migrate_cpu in hard:
             cpu = u.migrate_cpu
@@ -269,7 +273,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         snext: VcpuState | None = None
         snext_credit = IDLE_CREDIT
         if scurr is not None:
-            su = unit(scurr)
+            su: Credit2Unit = scurr.sched
             yield_ = bool(su.flags & F_YIELD)
             su.flags &= ~F_YIELD
             runnable = scurr.runnable() and not su.flags & F_PARK_PENDING
@@ -287,7 +291,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext_credit = su.credit
         local = None
         for v in list(pc.runq):
-            u = unit(v)
+            u: Credit2Unit = v.sched
             if not v.runnable():
                 continue
             if me not in self.affinity(v)[0]:
@@ -330,7 +334,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 rl = snext.state_entry_ns + self.ratelimit - now
             min_time = max(min_time, rl)
         rt_credit = u.credit
-        swait = unit(self.pc.runq[0]).credit if self.pc.runq else None
+        swait = self.pc.runq[0].sched.credit if self.pc.runq else None
         if remote is not None and (swait is None or remote > swait):
             swait = remote
         if swait is not None and swait > 0:
@@ -352,9 +356,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
         pc = self.pc
         me = ctx.pcpu
         pc.tickled.discard(me)
-        cu = None
+        cu: Credit2Unit | None = None
         if curr is not None:
-            cu = unit(curr)
+            cu = curr.sched
             self._burn(curr, now)
             if cu.budget is not None and cu.budget <= 0:
                 self._grab(curr, running=True)
@@ -366,13 +370,13 @@ class Credit2Scheduler(Credit2PcpuBudget):
             cu.flags |= F_DELAYED
         if snext is None:
             return Decision(None, -1)
-        su = cu if snext is curr and cu is not None else unit(snext)
+        su = cu if snext is curr and cu is not None else snext.sched
         if snext is not curr:
             self._runq_remove(snext)
             su.flags |= F_SCHEDULED
         top = su.credit
         if pc.runq:
-            top = max(top, unit(pc.runq[0]).credit)
+            top = max(top, pc.runq[0].sched.credit)
         remote = self._remote_head(view)
         if remote is not None:
             top = max(top, remote)
@@ -400,15 +404,15 @@ class Credit2Scheduler(Credit2PcpuBudget):
                     self._apply_reset(instr.gen, instr.amount, now)
             case Credit2Untickle():
                 v = ctx.vcpus.get(instr.vid)
-                if v is not None and unit(v).tickled_cpu != ctx.pcpu:
-                    unit(v).tickled_cpu = -1
+                if v is not None and v.sched.tickled_cpu != ctx.pcpu:
+                    v.sched.tickled_cpu = -1
                     ctx.raise_softirq()
             case Credit2Pulled():
                 self.pc.pull_expect.add(instr.vid)
             case Credit2RqMigrate():
                 v = ctx.vcpus.get(instr.vid)
                 if v is not None:
-                    u = unit(v)
+                    u: Credit2Unit = v.sched
                     u.migrate_cpu = instr.to_pcpu
                     u.flags |= F_MIGRATE_REQ
                     ctx.set_migrating(v)
@@ -428,14 +432,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
         cur = ctx.curr
         if cur is not None and isinstance(cur.sched, Credit2Unit):
             _, soft = self.affinity(cur)
-            ci = Credit2Curr(cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft)
+            ci = _new(Credit2Curr, (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft))
         else:
             ci = None
         if self._dirty:
             self._dirty = False
             queued = []
             for v in pc.runq:
-                u = unit(v)
+                u: Credit2Unit = v.sched
                 queued.append(Credit2Queued(v.vid, u.credit, u.tickled_cpu, u.processor))
             # per-unit loads matter with several runqueues; demand for budget with caps
             every = len(self.rqs) > 1
@@ -455,13 +459,13 @@ class Credit2Scheduler(Credit2PcpuBudget):
             self._cached = (tuple(queued), tuple(units), max_w, reserves, tuple(sorted(ctx.vcpus)))
         queued_, units_, max_w_, reserves_, held = self._cached
         area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)
-        return Credit2Summary(now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held)
+        return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held))
 
     def dump(self) -> dict[str, Any]:
         return {
             "rq": self.pc.rq,
             "gen": self.pc.gen,
-            "runq": [(v.vid, unit(v).credit) for v in self.pc.runq],
+            "runq": [(v.vid, v.sched.credit) for v in self.pc.runq],
             "reserve": dict(self.pc.reserve),
             "parked": {k: list(x) for k, x in self.pc.parked.items()},
         }

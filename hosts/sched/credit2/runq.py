@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from hosts.clock import MS, US
 from hosts.sched.base import PcpuScheduler, SchedContext
 from hosts.sched.credit2.params import CARRYOVER_MAX, CREDIT_INIT, CREDIT_MIN, DEFAULT_WEIGHT, F_PINNED, GEN_HISTORY, LOADAVG_GRANULARITY_SHIFT, RING, Credit2Params
-from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at, unit
+from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at
 from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,7 +146,7 @@ class Credit2Slice(PcpuScheduler):
 
     def _burn(self, v: "VcpuState", now: int) -> None:
         """burn_credits / t2c_update."""
-        u = unit(v)
+        u: Credit2Unit = v.sched
         delta = now - u.start_time
         if delta <= 0:
             return
@@ -159,7 +159,7 @@ class Credit2Slice(PcpuScheduler):
 
     def _credit_at(self, v: "VcpuState", now: int) -> int:
         """The credit v would have after burning up to now (not stored)."""
-        u = unit(v)
+        u: Credit2Unit = v.sched
         delta = now - u.start_time
         if delta <= 0:
             return u.credit
@@ -171,17 +171,17 @@ class Credit2Slice(PcpuScheduler):
     def _runq_insert(self, v: "VcpuState") -> None:
         """runq_insert: by credit, after those with as much."""
         runq = self.pc.runq
-        u = unit(v)
+        u: Credit2Unit = v.sched
         c = u.credit
         i = 0
         n = len(runq)
-        while i < n and not c > unit(runq[i]).credit:
+        while i < n and not c > runq[i].sched.credit:
             i += 1
         runq.insert(i, v)
         u.on_runq = True
 
     def _runq_remove(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: Credit2Unit = v.sched
         if u.on_runq:
             self.pc.runq.remove(v)
             u.on_runq = False
@@ -196,7 +196,7 @@ class Credit2Slice(PcpuScheduler):
         self.ctx.raise_softirq()
 
     def _set_pinned(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: Credit2Unit = v.sched
         if len(self.affinity(v)[0]) == 1:
             u.flags |= F_PINNED
         else:
@@ -236,7 +236,7 @@ class Credit2Slice(PcpuScheduler):
         u.gen = max(u.gen, upto)
 
     def _reset(self, now: int, snext: "VcpuState") -> None:
-        amount = CREDIT_INIT * (2 if unit(snext).credit == CREDIT_MIN else 1)
+        amount = CREDIT_INIT * (2 if snext.sched.credit == CREDIT_MIN else 1)
         gen = self.pc.gen + 1
         self._apply_reset(gen, amount, now)
         self.ctx.pool_msg(Credit2Reset(self.pc.rq, gen, amount))

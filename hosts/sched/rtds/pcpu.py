@@ -37,7 +37,7 @@ from hosts.sched.rtds.params import (
     UPDATE_LIMIT_SHIFT,
     RtdsParams,
 )
-from hosts.sched.rtds.records import RtdsPcpu, RtdsUnit, higher, unit
+from hosts.sched.rtds.records import RtdsPcpu, RtdsUnit, higher
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -108,16 +108,16 @@ class RtdsScheduler(PcpuScheduler):
     @staticmethod
     def _ordered_insert(lst: list["VcpuState"], v: "VcpuState") -> bool:
         """deadline_queue_insert: before the first strictly lower priority; True if first."""
-        u = unit(v)
+        u: RtdsUnit = v.sched
         i = 0
         n = len(lst)
-        while i < n and not higher(u, unit(lst[i])):
+        while i < n and not higher(u, lst[i].sched):
             i += 1
         lst.insert(i, v)
         return i == 0
 
     def _runq_insert(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if u.cur_budget > 0 or u.flags & F_EXTRA:
             self._ordered_insert(self.pc.runq, v)
             u.on_q = Q_RUN
@@ -126,7 +126,7 @@ class RtdsScheduler(PcpuScheduler):
             u.on_q = Q_DEPLETED
 
     def _q_remove(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if u.on_q == Q_RUN:
             self.pc.runq.remove(v)
         elif u.on_q == Q_DEPLETED:
@@ -134,7 +134,7 @@ class RtdsScheduler(PcpuScheduler):
         u.on_q = Q_NONE
 
     def _arm_repl(self) -> None:
-        want = unit(self.pc.replq[0]).cur_deadline if self.pc.replq else NEVER
+        want = self.pc.replq[0].sched.cur_deadline if self.pc.replq else NEVER
         if want != self.pc.repl_armed:
             self.pc.repl_armed = want
             if want < NEVER:
@@ -143,7 +143,7 @@ class RtdsScheduler(PcpuScheduler):
                 self.ctx.stop_timer("repl")
 
     def _replq_insert(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if u.on_replq:
             return
         self._ordered_insert(self.pc.replq, v)
@@ -151,7 +151,7 @@ class RtdsScheduler(PcpuScheduler):
         self._arm_repl()
 
     def _replq_remove(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if not u.on_replq:
             return
         if v in self.pc.replq:
@@ -163,7 +163,7 @@ class RtdsScheduler(PcpuScheduler):
         if v in self.pc.replq:
             self.pc.replq.remove(v)
         self._ordered_insert(self.pc.replq, v)
-        unit(v).on_replq = True
+        v.sched.on_replq = True
         self._arm_repl()
 
     def _ring(self) -> None:
@@ -181,7 +181,7 @@ class RtdsScheduler(PcpuScheduler):
         self._fresh_view()
         ctx = self.ctx
         me = ctx.pcpu
-        u = unit(v)
+        u: RtdsUnit = v.sched
         cur_view = self._view().cur
         cpus = sorted(self.affinity(v)[0] - self.pc.tickled)
         # cpumask_test_or_cycle from this pCPU, then onwards, wrapping
@@ -195,7 +195,7 @@ class RtdsScheduler(PcpuScheduler):
                 if cur is None:
                     info = None
                 else:
-                    cu = unit(cur)
+                    cu: RtdsUnit = cur.sched
                     info = (cu.level, cu.cur_deadline)
             else:
                 r = cur_view.get(cpu)
@@ -252,7 +252,7 @@ class RtdsScheduler(PcpuScheduler):
 
     def migrate(self, v: "VcpuState", new_pcpu: int) -> None:
         """Leaving for another pCPU: off this pCPU's queues; the flags travel with it."""
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if u.on_q == Q_RUN:
             self.pc.runq.remove(v)
         elif u.on_q == Q_DEPLETED:
@@ -262,7 +262,7 @@ class RtdsScheduler(PcpuScheduler):
             self._arm_repl()
 
     def sleep(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if self.ctx.curr is v:
             self.ctx.raise_softirq()
         elif u.on_q:
@@ -272,7 +272,7 @@ class RtdsScheduler(PcpuScheduler):
             u.flags &= ~F_DELAYED
 
     def wake(self, v: "VcpuState", migrating: bool = False) -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         if self.ctx.curr is v or u.on_q:
             return
         now = self.ctx.now
@@ -289,7 +289,7 @@ class RtdsScheduler(PcpuScheduler):
         self._tickle(v)
 
     def context_saved(self, v: "VcpuState") -> None:
-        u = unit(v)
+        u: RtdsUnit = v.sched
         u.flags &= ~F_SCHEDULED
         if u.flags & F_DELAYED and v.runnable():
             u.flags &= ~F_DELAYED
@@ -310,9 +310,9 @@ class RtdsScheduler(PcpuScheduler):
         me = ctx.pcpu
         pc = self.pc
         pc.tickled.discard(me)
-        cu = None
+        cu: RtdsUnit | None = None
         if curr is not None:
-            cu = unit(curr)
+            cu = curr.sched
             self._burn(cu, now)
         snext = None
         for v in list(pc.runq):
@@ -324,7 +324,7 @@ class RtdsScheduler(PcpuScheduler):
             self._q_remove(v)
             self._replq_remove(v)
         if curr is not None and cu is not None and curr.runnable():
-            if cu.cur_budget > 0 and (snext is None or higher(cu, unit(snext))):
+            if cu.cur_budget > 0 and (snext is None or higher(cu, snext.sched)):
                 snext = curr
             else:
                 cu.flags |= F_DELAYED
@@ -332,7 +332,7 @@ class RtdsScheduler(PcpuScheduler):
             self._maybe_pull(snext)
         if snext is None:
             return Decision(None, -1)
-        su = unit(snext)
+        su: RtdsUnit = snext.sched
         su.last_start = now
         if snext is not curr:
             self._q_remove(snext)
@@ -348,7 +348,7 @@ class RtdsScheduler(PcpuScheduler):
         for w in view.q:
             if w.holder == me or (w.hard and me not in w.hard):
                 continue
-            if snext is None or (w.level, w.deadline_ns) < (unit(snext).level, unit(snext).cur_deadline):
+            if snext is None or (w.level, w.deadline_ns) < (snext.sched.level, snext.sched.cur_deadline):
                 self.pc.rang_seq = view.seq
                 self._ring()
             return
@@ -362,19 +362,19 @@ class RtdsScheduler(PcpuScheduler):
         """repl_timer_handler over this pCPU's replenishment queue."""
         pc = self.pc
         done = []
-        while pc.replq and now >= unit(pc.replq[0]).cur_deadline:
+        while pc.replq and now >= pc.replq[0].sched.cur_deadline:
             v = pc.replq.pop(0)
-            u = unit(v)
+            u: RtdsUnit = v.sched
             self._update_deadline(u, now)
             done.append(v)
             if u.on_q:
                 self._q_remove(v)
                 self._runq_insert(v)
         for v in reversed(done):  # Xen list_add()s them to a temporary list: last first
-            u = unit(v)
+            u = v.sched
             if self.ctx.curr is v and pc.runq:
                 nxt = pc.runq[0]
-                if higher(unit(nxt), u):
+                if higher(nxt.sched, u):
                     self._tickle(nxt)
             elif u.flags & F_DEPLETED and u.on_q:
                 u.flags &= ~F_DEPLETED
@@ -398,18 +398,18 @@ class RtdsScheduler(PcpuScheduler):
         cur = self.ctx.curr
         ci = None
         if cur is not None:
-            cu = unit(cur)
+            cu: RtdsUnit = cur.sched
             ci = RtdsPrio(cur.vid, cu.level, cu.cur_deadline)
         q = []
         for v in self.pc.runq:
-            u = unit(v)
+            u: RtdsUnit = v.sched
             q.append(RtdsPrio(v.vid, u.level, u.cur_deadline))
-        nxt = unit(self.pc.replq[0]).cur_deadline if self.pc.replq else NEVER
+        nxt = self.pc.replq[0].sched.cur_deadline if self.pc.replq else NEVER
         return RtdsSummary(ci, tuple(q), nxt)
 
     def dump(self) -> dict[str, Any]:
         return {
-            "runq": [(v.vid, unit(v).level, unit(v).cur_deadline, unit(v).cur_budget) for v in self.pc.runq],
+            "runq": [(v.vid, v.sched.level, v.sched.cur_deadline, v.sched.cur_budget) for v in self.pc.runq],
             "depletedq": [v.vid for v in self.pc.depletedq],
-            "replq": [(v.vid, unit(v).cur_deadline) for v in self.pc.replq],
+            "replq": [(v.vid, v.sched.cur_deadline) for v in self.pc.replq],
         }
