@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hosts import hostops as ops
 from hosts.host import HostEngine
-from hosts.messages import PcpuReport
+from hosts.messages import HostUsage, PcpuReport
 
 T = TypeVar("T", covariant=True)
 
@@ -111,6 +111,9 @@ class HostClient:
 
     def probe_domain(self, uid: int) -> Pending[dict[str, int]]:
         return self.t.send(ops.ProbeDomain(uid))
+
+    def usage(self) -> Pending[HostUsage]:
+        return self.t.send(ops.Usage())
 
     def domain_dict(self, uid: int) -> Pending[dict[str, Any]]:
         return self.t.send(ops.DomainDict(uid))

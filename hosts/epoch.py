@@ -54,6 +54,7 @@ from hosts.messages import (
     PoolInstr,
     PoolOut,
     Probed,
+    UsageOut,
     Reply,
     Run,
     RunReply,
@@ -194,6 +195,7 @@ class EpochEngine:
         self.rounds_here = 0
         self.max_rounds = spec.max_rounds
         self.probed: dict[str, int] = {}
+        self.usage_answers: list[UsageOut] = []  # answers to a usage probe
         self.finished = False
 
     # --- directory ---------------------------------------------------------------------------
@@ -269,6 +271,8 @@ class EpochEngine:
                     self.exported[m.vid] = m.record
                     if m.record is not None:
                         self.directory.pop(m.vid, None)
+                elif type(m) is UsageOut:
+                    self.usage_answers.append(m)
                 elif type(m) is Probed:
                     self.probed["running_ns"] = self.probed.get("running_ns", 0) + m.running_ns
                     self.probed["logdirty_ns"] = self.probed.get("logdirty_ns", 0) + m.logdirty_ns

@@ -21,7 +21,7 @@ from hosts.codec import MAX_BATCH_PAGES, REC_PAGE_DATA, RecordError, pack_record
 from hosts.domain import DomainInfo, bind_pair
 from hosts.epoch import EpochEngine, HostError, HostSpec, InlinePorts, Ports, make_core
 from hosts.memory import HostMemory, MemoryError_
-from hosts.messages import XFER_PLACE, Affinity, DomDel, DomUpdate, Export, InboxItem, Kill, PauseDom, Probe, UnpauseDom, Xfer
+from hosts.messages import XFER_PLACE, Affinity, DomDel, DomUpdate, Export, HostUsage, InboxItem, Kill, PauseDom, Probe, UnpauseDom, UsageProbe, Xfer
 from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
 
 PAGE_NOTAB = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
@@ -238,6 +238,23 @@ class HostEngine(EpochEngine):
         self.probed = {}
         self._absorb(self._run({c: [Probe(uid)] for c in self.cpus}, self.now), hold=True)
         return dict(self.probed)
+
+    def usage(self) -> HostUsage:
+        """Busy time of every pCPU and running/runnable time of every domain, since the start
+        (what the toolstack's policies and power model read; a pure pause point)."""
+        self.usage_answers = []
+        self._absorb(self._run({c: [UsageProbe()] for c in self.cpus}, self.now), hold=True)
+        run: dict[int, int] = {}
+        wait: dict[int, int] = {}
+        busy = []
+        for u in self.usage_answers:
+            busy.append(u.busy_ns)
+            for d, ns in u.running_ns.items():
+                run[d] = run.get(d, 0) + ns
+            for d, ns in u.runnable_ns.items():
+                wait[d] = wait.get(d, 0) + ns
+        self.usage_answers = []
+        return HostUsage(self.now, tuple(busy), run, wait)
 
     def domain_dict(self, uid: int) -> dict[str, Any]:
         return self.domains[uid].to_dict()

@@ -76,6 +76,11 @@ class ProbeDomain(NamedTuple):
 
 
 @message
+class Usage(NamedTuple):
+    pass
+
+
+@message
 class DomainDict(NamedTuple):
     uid: int
 
@@ -178,6 +183,7 @@ OPS: dict[type, Callable[[HostEngine, Any], Any]] = {
     Settled: lambda e, r: e.settled(r.uid),
     ProbeDomain: lambda e, r: e.probe_domain(r.uid),
     DomainDict: lambda e, r: e.domain_dict(r.uid),
+    Usage: lambda e, r: e.usage(),
     Stats: lambda e, r: e.stats(),
     FinishHost: lambda e, r: e.finish(),
     RoomFor: lambda e, r: e.room_for(r.domain),

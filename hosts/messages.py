@@ -128,6 +128,11 @@ class Probe(NamedTuple):
 
 
 @message
+class UsageProbe(NamedTuple):
+    """Report this pCPU's busy time and, per domain, its vCPUs' running and runnable time."""
+
+
+@message
 class Frames(NamedTuple):
     """Frames for this pCPU's allocation cache; ``exhausted``: the host has no more."""
 
@@ -143,7 +148,7 @@ class EvtchnUpdate(NamedTuple):
     binding: tuple[int, int, int, int]
 
 
-InboxItem = Union[Give, Xfer, Evt, Tickle, PoolInstr, View, DomUpdate, DomDel, PauseDom, UnpauseDom, Export, Kill, Affinity, Probe, Frames, EvtchnUpdate]
+InboxItem = Union[Give, Xfer, Evt, Tickle, PoolInstr, View, DomUpdate, DomDel, PauseDom, UnpauseDom, Export, Kill, Affinity, Probe, UsageProbe, Frames, EvtchnUpdate]
 
 
 # =============================================================================================
@@ -229,7 +234,27 @@ class Probed(NamedTuple):
     logdirty_ns: int
 
 
-OutMsg = Union[EvtOut, TickleOut, XferOut, StealReq, PoolOut, Shutdown, EvtchnBound, WantFrames, Exported, Probed]
+@message
+class UsageOut(NamedTuple):
+    """Answer to :class:`UsageProbe`: totals since the start, the open intervals closed at ``t``."""
+
+    t: int
+    busy_ns: int
+    running_ns: dict[int, int]  # domain uid -> ns its vCPUs held here ran
+    runnable_ns: dict[int, int]  # domain uid -> ns they waited for a pCPU
+
+
+@message
+class HostUsage(NamedTuple):
+    """A host's usage since the start of the run, at ``now``."""
+
+    now: int
+    busy_ns: tuple[int, ...]  # per pCPU
+    running_ns: dict[int, int]  # per domain uid
+    runnable_ns: dict[int, int]
+
+
+OutMsg = Union[EvtOut, TickleOut, XferOut, StealReq, PoolOut, Shutdown, EvtchnBound, WantFrames, Exported, Probed, UsageOut]
 
 
 # =============================================================================================

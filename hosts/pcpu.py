@@ -52,6 +52,8 @@ from hosts.messages import (
     PoolOut,
     Probe,
     Probed,
+    UsageOut,
+    UsageProbe,
     Run,
     RunReply,
     Tickle,
@@ -350,6 +352,23 @@ def _on_probe(core: PcpuCore, m: Probe) -> None:
     core.outbox.append(Probed(core.now, m.uid, run, ld))
 
 
+def _on_usage(core: PcpuCore, m: UsageProbe) -> None:
+    now = core.now
+    b = core.books
+    busy = b.busy_ns + (now - b.last_switch_ns if core.curr is not None else 0)
+    run: dict[int, int] = {}
+    wait: dict[int, int] = {}
+    for v in core.vcpus.values():
+        tot = v.runstate_totals(now)
+        run[v.dom] = run.get(v.dom, 0) + tot[0]
+        wait[v.dom] = wait.get(v.dom, 0) + tot[1]
+    for vid, tot in core.departed.items():  # what vCPUs of destroyed domains did here
+        d = vid >> 12
+        run[d] = run.get(d, 0) + tot[0]
+        wait[d] = wait.get(d, 0) + tot[1]
+    core.outbox.append(UsageOut(now, busy, run, wait))
+
+
 def _on_frames(core: PcpuCore, m: Frames) -> None:
     core.frame_cache.extend(m.mfns)
     core.frames_exhausted = bool(m.exhausted)
@@ -383,6 +402,7 @@ INBOX: dict[type, Callable[[PcpuCore, Any], None]] = {
     Kill: _on_kill,
     Affinity: _on_affinity,
     Probe: _on_probe,
+    UsageProbe: _on_usage,
     Frames: _on_frames,
     EvtchnUpdate: _on_evtchn,
 }
