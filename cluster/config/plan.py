@@ -69,6 +69,7 @@ def host_spec(h: HostCfg | dict[str, Any], run: RunCfg | dict[str, Any]) -> Host
         checks=run.debug_checks,
         preempt_hypercalls=h.preempt_hypercalls,
         max_rounds=run.boundary_rounds,
+        xentrace=run.xentrace,
     )
 
 

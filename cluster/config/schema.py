@@ -75,6 +75,10 @@ class RunCfg(_M):
         le=64,
         description="Micro-rounds per epoch boundary: what a delivery causes (a tickle, a steal) is itself delivered at the same instant, up to this many times; 0 delivers it with the next epoch (faster, less faithful).",
     )
+    xentrace: bool = Field(
+        False,
+        description="Write Xen's binary trace (what xentrace records: runstate changes, context switches, wakes, scheduler and hypercall records, TSC at 2 GHz) as xentrace.bin in the run directory (one xentrace.HOST.bin per host when there are several); xenalyze reads it.",
+    )
 
 
 class HypercallCostsCfg(_M):
