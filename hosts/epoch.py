@@ -112,6 +112,8 @@ class HostSpec:
     preempt_hypercalls: bool = True
     #: micro-rounds per boundary (0: deliver what a boundary causes with the next advance)
     max_rounds: int = 16
+    #: keep Xen trace records on every pCPU (hosts.tracelog; returned in the reports)
+    xentrace: bool = False
 
     def pool_of_cpu(self) -> dict[int, int]:
         return {c: p.pool_id for p in self.pools for c in p.cpus}
@@ -145,6 +147,7 @@ def make_core(spec: HostSpec, pcpu: int, domains: dict[int, DomainInfo], memory:
         checks=spec.checks,
         paging_costs=spec.paging_costs,
         preempt=spec.preempt_hypercalls,
+        xentrace=spec.xentrace,
     )
 
 

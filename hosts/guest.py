@@ -33,7 +33,18 @@ from hosts.memory import HostMemory
 from hosts.messages import EvtchnBound, Shutdown, WantFrames
 from hosts.paging import PagingCosts, PagingModel
 from hosts.scheduling import SchedulingCpu
-from hosts.vcpu import VPF_BLOCKED_IN_XEN, VcpuState
+from hosts.tracelog import (
+    EXIT_REASON_VMCALL,
+    HYPERCALL_V2_ARGS,
+    TRC_HVM_VMENTRY,
+    TRC_HVM_VMEXIT64,
+    TRC_HVM_VMMCALL,
+    TRC_PV_HYPERCALL_V2,
+    TRC_SCHED_SHUTDOWN,
+    hypercall_v2_arg_32,
+    lo_hi,
+)
+from hosts.vcpu import REG_NAMES, VPF_BLOCKED_IN_XEN, VcpuState
 from hosts.workload import Workload
 
 
@@ -141,6 +152,8 @@ class GuestCpu(SchedulingCpu):
         """Guest executes a hypercall instruction: we are now in Xen until it returns."""
         if args is not None:
             hc.load_args(v, nr, args)
+        if self.tracing:
+            self._trace_hypercall(v, nr)
         self.mode = MODE_XEN
         v.hv_entry_ns = self.now
         self.gen += 1
@@ -235,7 +248,27 @@ class GuestCpu(SchedulingCpu):
         if self.curr is v and not self.softirq and self.mode == MODE_GUEST:
             self._guest_next(v)
 
+    def _trace_hypercall(self, v: VcpuState, nr: int) -> None:
+        """A PV guest's hypercall: TRC_PV_HYPERCALL_V2 with the arguments __trace_hypercall
+        keeps; an HVM guest's VMCALL: the VMEXIT (VMX reason 18) and TRC_HVM_VMMCALL."""
+        d = self.domains.get(v.dom)
+        regs = v.regs
+        if d is not None and d.paging == "pv":
+            op = nr
+            words = []
+            for i in HYPERCALL_V2_ARGS.get(nr, ()):
+                op |= hypercall_v2_arg_32(i)
+                words.append(regs[REG_NAMES[1 + i]] & 0xFFFFFFFF)  # arguments 1-5: rdi, rsi, rdx, r10, r8
+            self.trace(TRC_PV_HYPERCALL_V2, op, *words)
+        else:
+            self.trace(TRC_HVM_VMEXIT64, EXIT_REASON_VMCALL, *lo_hi(regs["rip"]))
+            self.trace(TRC_HVM_VMMCALL, nr & 0xFFFFFFFF)
+
     def _leave_xen(self, v: VcpuState, nr: int, preempted: bool) -> None:
+        if self.tracing:
+            d = self.domains.get(v.dom)
+            if d is None or d.paging != "pv":
+                self.trace(TRC_HVM_VMENTRY)
         self.books.hypercall_left(nr, preempted, self.now - v.hv_entry_ns)
         self.mode = MODE_GUEST
         self.timer_softirq = False
@@ -296,6 +329,9 @@ class GuestCpu(SchedulingCpu):
         self.books.sample(name, vid, value)
 
     def shutdown(self, v: VcpuState, reason: int) -> None:
+        if self.tracing:
+            dom, idx = self.trace_dom(v)
+            self.trace(TRC_SCHED_SHUTDOWN, dom, idx, reason & 0xFFFFFFFF)
         self.outbox.append(Shutdown(self.now, v.dom, reason))
         self.park(v)
 

@@ -21,6 +21,7 @@ from typing import Any
 from hosts.books import PcpuBooks
 from hosts.clock import NEVER
 from hosts.events import PRIO_TIMER, EventQueue
+from hosts.tracelog import new_buffer
 
 # Event kinds.
 EV_S_TIMER = 0  # the scheduler's decision timer (Xen's s_timer)
@@ -56,6 +57,10 @@ class EventLoop:
         self._timer_tok = 0
         self.gen = 0  # token of the current vCPU's burst event; bumped on every switch / replan
         self.busy_ev = False  # a burst event of the current vCPU is in the heap
+        # Xen trace records (hosts.tracelog), kept only while tracing: every site that records
+        # tests this bool first, so tracing off costs one attribute test per site
+        self.tracing = False
+        self.tbuf = new_buffer()
 
     # --- the heap ------------------------------------------------------------------------------
     def _push(self, t: int, prio: int, kind: int, arg: Any) -> None:

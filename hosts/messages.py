@@ -319,6 +319,8 @@ class PcpuReport(NamedTuple):
     departed: dict[int, list[int]]  # runstate ns of vCPUs whose domain was destroyed here
     metrics: dict[str, int]
     samples: dict[str, dict[int, list[int]]]
+    #: Xen trace records (hosts.tracelog buffer: int64 words), empty unless tracing was on
+    xentrace: bytes = b""
 
 
 Reply = Union[RunReply, PcpuReport]

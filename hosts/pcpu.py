@@ -68,6 +68,7 @@ from hosts.rng import generator
 from hosts.sched.base import SchedulerEntry
 from hosts.sched.messages import Give, GiveFailed
 from hosts.clock import NEVER
+from hosts.tracelog import TRC_SCHED_DOM_ADD, TRC_SCHED_DOM_REM, TRC_SCHED_WAKE
 from hosts.vcpu import RUNSTATE_RUNNABLE, RUNSTATE_RUNNING, VPF_BLOCKED_IN_XEN, VPF_DOWN, VPF_MIGRATING, VcpuState
 from hosts.workload import make_workload
 from hosts import hypercalls as hc
@@ -98,6 +99,7 @@ class PcpuCore(GuestCpu):
         checks: bool = False,
         paging_costs: dict[str, Any] | None = None,
         preempt: bool = True,
+        xentrace: bool = False,
     ):
         super().__init__(
             host, pcpu, pool_cpus, domains, memory, start_ns, trace_max, checks,
@@ -107,6 +109,7 @@ class PcpuCore(GuestCpu):
         self._wl_cache: dict[tuple[int, int], Any] = {}
         self.departed: dict[int, list[int]] = {}  # runstates of vCPUs of destroyed domains
         self.destroyed: dict[int, int] = {}  # uid -> when its domain left this pCPU's table
+        self.tracing = xentrace  # record Xen trace records (hosts.tracelog); before the scheduler reads it
         self.sched = sched_entry.pcpu(self, sched_params)
 
     # ========================================================================================
@@ -178,6 +181,8 @@ class PcpuCore(GuestCpu):
             self.sched.insert(v)
             v.pause_flags &= ~VPF_MIGRATING
             if v.runnable():
+                if self.tracing:
+                    self._trace_pair(TRC_SCHED_WAKE, v)
                 self.sched.wake(v, migrating=True)
         else:  # XFER_PLACE: a vCPU entering the pool here, inserted down then brought up
             v.last_pcpu = self.pcpu
@@ -186,7 +191,11 @@ class PcpuCore(GuestCpu):
             self.sched.insert(v)
             v.pause_flags = (v.pause_flags & ~VPF_DOWN) | down
             if v.runnable() and v.runstate != RUNSTATE_RUNNING:
+                if self.tracing:
+                    self._trace_pair(TRC_SCHED_WAKE, v)
                 if v.runstate != RUNSTATE_RUNNABLE:
+                    if self.tracing:
+                        self._trace_rs(v, RUNSTATE_RUNNABLE)
                     v.set_runstate(RUNSTATE_RUNNABLE, self.now)
                 self.sched.wake(v)
 
@@ -239,6 +248,7 @@ class PcpuCore(GuestCpu):
             departed=dict(self.departed),
             metrics=dict(b.metrics),
             samples=b.samples,
+            xentrace=self.tbuf.tobytes(),
         )
 
 
@@ -291,6 +301,9 @@ def _on_view(core: PcpuCore, m: View) -> None:
 
 def _on_dom(core: PcpuCore, m: DomUpdate) -> None:
     info = DomainInfo.from_dict(m.info)
+    if core.tracing and core.pcpu == 0 and info.uid not in core.domains:
+        # sched_init_domain, on the host's pCPU 0 (Xen: wherever the toolstack's domctl runs)
+        core.trace(TRC_SCHED_DOM_ADD, 0 if info.is_dom0 else info.uid)
     core.domains[info.uid] = info
     for vid, v in core.vcpus.items():  # workloads read the domain table entry
         if v.dom == info.uid:
@@ -301,8 +314,11 @@ def _on_domdel(core: PcpuCore, m: DomDel) -> None:
     # a vCPU that arrived after the kill (a give or move in flight) goes now
     for vid in [vid for vid, v in core.vcpus.items() if v.dom == m.uid]:
         core._kill(vid)
-    if core.domains.pop(m.uid, None) is not None:
+    gone = core.domains.pop(m.uid, None)
+    if gone is not None:
         core.destroyed[m.uid] = core.now
+        if core.tracing and core.pcpu == 0:
+            core.trace(TRC_SCHED_DOM_REM, 0 if gone.is_dom0 else m.uid)
 
 
 def _on_pause(core: PcpuCore, m: PauseDom) -> None:
@@ -376,6 +392,9 @@ def _on_frames(core: PcpuCore, m: Frames) -> None:
         if v.pause_flags & VPF_BLOCKED_IN_XEN:
             v.pause_flags &= ~VPF_BLOCKED_IN_XEN
             if v.runnable() and v is not core.curr:
+                if core.tracing:
+                    core._trace_pair(TRC_SCHED_WAKE, v)
+                    core._trace_rs(v, RUNSTATE_RUNNABLE)
                 v.set_runstate(RUNSTATE_RUNNABLE, core.now)
                 core.sched.wake(v)
 

@@ -39,6 +39,19 @@ from hosts.loop import (
 from hosts.messages import XFER_PUSH, EvtOut, OutMsg, PoolOut, StealReq, TickleOut, XferOut
 from hosts.sched.base import PcpuScheduler
 from hosts.sched.messages import PoolView
+from hosts.tracelog import (
+    DOMID_IDLE,
+    TRC_SCHED_BLOCK,
+    TRC_SCHED_CONTINUE_RUNNING,
+    TRC_SCHED_SLEEP,
+    TRC_SCHED_SWITCH,
+    TRC_SCHED_SWITCH_INFCONT,
+    TRC_SCHED_SWITCH_INFNEXT,
+    TRC_SCHED_SWITCH_INFPREV,
+    TRC_SCHED_WAKE,
+    TRC_SCHED_YIELD,
+    runstate_event,
+)
 from hosts.vcpu import (
     RUNSTATE_BLOCKED,
     RUNSTATE_OFFLINE,
@@ -68,6 +81,7 @@ class SchedulingCpu(EventLoop):
         # vCPUs moving between this host's pCPUs travel as records (True in actors; in one
         # process the object itself is handed over, unless checks ask for the codec)
         self.wire = True
+        self._idle_since = start_ns  # when this pCPU's idle vCPU entered its runstate (traces)
 
     # ========================================================================================
     # SchedContext: what the scheduler may ask of the engine
@@ -97,6 +111,61 @@ class SchedulingCpu(EventLoop):
 
     def unpark(self, v: VcpuState) -> None:
         self._unpause_vcpu(v)
+
+    # --- Xen trace records (only called while ``tracing``; see hosts.tracelog) ---------------
+    def trace(self, event: int, *args: int) -> None:
+        """Record ``event`` with its 32-bit words at ``now`` (callers test ``tracing`` first)."""
+        self.tbuf.extend((self.now, event | len(args) << 28, *args))
+
+    def trace_dom(self, v: VcpuState | None) -> tuple[int, int]:
+        """(domain id, vCPU id) as Xen numbers them: Domain-0 is 0, guests keep their uid, the
+        idle vCPU of this pCPU is (DOMID_IDLE, pcpu)."""
+        if v is None:
+            return DOMID_IDLE, self.pcpu
+        d = self.domains.get(v.dom)
+        return (0 if d is not None and d.is_dom0 else v.dom), v.idx
+
+    def trace_id(self, v: VcpuState | None) -> int:
+        """The packed ``{vcpu:16, domain:16}`` word of most records."""
+        dom, idx = self.trace_dom(v)
+        return idx | dom << 16
+
+    def _trace_rs(self, v: VcpuState, new: int) -> None:
+        """TRC_SCHED_RUNSTATE_CHANGE for v entering ``new`` (nothing if it is there already)."""
+        if v.runstate != new:
+            self.trace(runstate_event(v.runstate, new), self.trace_id(v))
+
+    def _trace_pair(self, event: int, v: VcpuState) -> None:
+        dom, idx = self.trace_dom(v)
+        self.trace(event, dom, idx)
+
+    def _trace_switch(self, prev: VcpuState | None, nxt: VcpuState | None, prev_state: int, next_time: int) -> None:
+        """sched_switch_units: INFPREV, INFNEXT, SWITCH, then the runstate changes of prev (the
+        next's follows when the engine enters it)."""
+        now = self.now
+        pd, pu = self.trace_dom(prev)
+        nd, nu = self.trace_dom(nxt)
+        self.trace(TRC_SCHED_SWITCH_INFPREV, pd, pu, now - (prev.state_entry_ns if prev is not None else self._idle_since))
+        if nxt is None:
+            waited = now - self._idle_since
+        else:
+            waited = now - nxt.state_entry_ns if nxt.runstate == RUNSTATE_RUNNABLE else 0
+        self.trace(TRC_SCHED_SWITCH_INFNEXT, nd, nu, waited, next_time)
+        self.trace(TRC_SCHED_SWITCH, pd, pu, nd, nu)
+        if prev is None:  # the idle vCPU: running -> runnable
+            self.trace(runstate_event(RUNSTATE_RUNNING, RUNSTATE_RUNNABLE), pu | pd << 16)
+            self._idle_since = now
+        else:
+            self._trace_rs(prev, prev_state)
+        if nxt is None:
+            self.trace(runstate_event(RUNSTATE_RUNNABLE, RUNSTATE_RUNNING), nu | nd << 16)
+            self._idle_since = now
+
+    def _trace_cont(self, v: VcpuState | None, next_time: int) -> None:
+        """sched_context_switch with prev == next: INFCONT and CONTINUE_RUNNING."""
+        dom, idx = self.trace_dom(v)
+        self.trace(TRC_SCHED_SWITCH_INFCONT, dom, idx, self.now - (v.state_entry_ns if v is not None else self._idle_since), next_time)
+        self.trace(TRC_SCHED_CONTINUE_RUNNING, idx | dom << 16)
 
     def set_migrating(self, v: VcpuState) -> None:
         v.pause_flags |= VPF_MIGRATING
@@ -185,23 +254,32 @@ class SchedulingCpu(EventLoop):
         else:
             self.s_deadline = NEVER
         if nxt is prev:
+            if self.tracing:
+                self._trace_cont(prev, dec.next_time_ns)
             if prev is not None and not self.busy_ev:
                 self._resume_guest(prev)
             return
         if prev is not None:
             self._save_guest(prev)
             if prev.runnable() or prev.pause_flags & VPF_MIGRATING and not prev.pause_flags & ~VPF_MIGRATING and not prev.pause_count:
-                prev.set_runstate(RUNSTATE_RUNNABLE, now)
+                ps = RUNSTATE_RUNNABLE
             elif prev.pause_flags & VPF_BLOCKED:
-                prev.set_runstate(RUNSTATE_BLOCKED, now)
+                ps = RUNSTATE_BLOCKED
             else:
-                prev.set_runstate(RUNSTATE_OFFLINE, now)
+                ps = RUNSTATE_OFFLINE
+            if self.tracing:
+                self._trace_switch(prev, nxt, ps, dec.next_time_ns)
+            prev.set_runstate(ps, now)
+        elif self.tracing:
+            self._trace_switch(None, nxt, RUNSTATE_RUNNABLE, dec.next_time_ns)
         books = self.books
         books.switch(now, prev.vid if prev is not None else -1, nxt.vid if nxt is not None else -1)
         self.curr = nxt
         if nxt is not None:
             if self.checks:
                 self._check_switch_in(nxt)
+            if self.tracing:
+                self._trace_rs(nxt, RUNSTATE_RUNNING)
             nxt.set_runstate(RUNSTATE_RUNNING, now)
             if nxt.wake_ns >= 0:
                 lat = books.wake_lat.get(nxt.vid)
@@ -234,6 +312,8 @@ class SchedulingCpu(EventLoop):
         if new == self.pcpu:
             v.pause_flags &= ~VPF_MIGRATING
             if v.runnable():
+                if self.tracing:
+                    self._trace_pair(TRC_SCHED_WAKE, v)
                 self.sched.wake(v, migrating=True)
             return
         self.sched.migrate(v, new)
@@ -280,7 +360,11 @@ class SchedulingCpu(EventLoop):
         v.pause_flags &= ~VPF_BLOCKED
         v.poll_ports = ()
         v.poll_timeout_ns = NEVER
+        if self.tracing:
+            self._trace_pair(TRC_SCHED_WAKE, v)
         if v.runnable():
+            if self.tracing:
+                self._trace_rs(v, RUNSTATE_RUNNABLE)
             v.set_runstate(RUNSTATE_RUNNABLE, self.now)
             v.wake_ns = self.now
             self.sched.wake(v)
@@ -290,12 +374,16 @@ class SchedulingCpu(EventLoop):
         if v.upcall_pending:
             return False
         v.pause_flags |= VPF_BLOCKED
+        if self.tracing:
+            self._trace_pair(TRC_SCHED_BLOCK, v)
         self.sched.sleep(v)
         return True
 
     def yield_(self, v: VcpuState) -> None:
         """SCHEDOP_yield: the scheduler's yield hook, then reschedule."""
         self.sched.yield_(v)
+        if self.tracing:
+            self._trace_pair(TRC_SCHED_YIELD, v)
         self.raise_softirq()
 
     def arm_vcpu_timer(self, v: VcpuState, when_ns: int) -> None:
@@ -311,6 +399,8 @@ class SchedulingCpu(EventLoop):
     def _pause_vcpu(self, v: VcpuState) -> None:
         was = v.runnable()
         v.pause_count += 1
+        if self.tracing:
+            self._trace_pair(TRC_SCHED_SLEEP, v)
         if was:
             if self.curr is v:
                 self.sched.sleep(v)
@@ -318,11 +408,16 @@ class SchedulingCpu(EventLoop):
             else:
                 self.sched.sleep(v)
                 if v.runstate == RUNSTATE_RUNNABLE:
+                    if self.tracing:
+                        self._trace_rs(v, RUNSTATE_OFFLINE)
                     v.set_runstate(RUNSTATE_OFFLINE, self.now)
 
     def _unpause_vcpu(self, v: VcpuState) -> None:
         if v.pause_count > 0:
             v.pause_count -= 1
         if v.runnable() and self.curr is not v and v.runstate != RUNSTATE_RUNNABLE:
+            if self.tracing:
+                self._trace_pair(TRC_SCHED_WAKE, v)
+                self._trace_rs(v, RUNSTATE_RUNNABLE)
             v.set_runstate(RUNSTATE_RUNNABLE, self.now)
             self.sched.wake(v)

@@ -67,6 +67,9 @@ class SchedContext(Protocol):
     curr: "VcpuState | None"
     domains: "dict[int, DomainInfo]"  # the host's domain table, as of the last boundary
     vcpus: "dict[int, VcpuState]"  # the vCPUs this pCPU holds, by vid
+    #: Xen trace records are kept (``hosts.tracelog``); test it before calling ``trace``, so
+    #: that tracing off costs a bool test per site
+    tracing: bool
 
     def domain(self, uid: int) -> "DomainInfo": ...
     def raise_softirq(self) -> None: ...
@@ -78,6 +81,13 @@ class SchedContext(Protocol):
     def park(self, v: "VcpuState") -> None: ...
     def unpark(self, v: "VcpuState") -> None: ...
     def set_migrating(self, v: "VcpuState") -> None: ...
+    def trace(self, event: int, *args: int) -> None:
+        """Record a Xen trace record at ``now``: ``event`` (a TRC_* number) and its 32-bit words,
+        laid out as the scheduler's TRACE_* call in Xen lays them out."""
+    def trace_dom(self, v: "VcpuState | None") -> tuple[int, int]:
+        """(domain id, vCPU id) as Xen numbers them; None is this pCPU's idle vCPU."""
+    def trace_id(self, v: "VcpuState | None") -> int:
+        """The packed ``{unit:16, dom:16}`` word most scheduler records start with."""
 
 
 class UnitRecord:
