@@ -105,8 +105,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise PathError(text, "expected PATH=VALUE, for example domains.web.weight=512")
     path, raw = text.split("=", 1)
     path = path.strip()
+    from cluster.config.yamlsafe import YamlLimitError, load_yaml  # here: cluster.config imports this module
+
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except YamlLimitError as exc:
+        raise PathError(path, f"value: {exc.where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise PathError(path, f"value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+        raise PathError(path, f"value {raw[:60]!r}{'...' if len(raw) > 60 else ''} is not valid YAML ({exc.__class__.__name__})") from None
     return path, value

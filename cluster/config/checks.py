@@ -1,6 +1,8 @@
 """Cross-field rules of a config, which pydantic cannot see field by field: names that must
-exist or be unique, pools and affinities inside the host, per-domain scheduler parameters
-against the pool's scheduler, memory that must fit."""
+exist or be unique, pools that cover the host's pCPUs, affinities inside the host, per-domain
+scheduler parameters against the pool's scheduler, memory (and every domain's maximum) that
+must fit on its host, and what the run would cost (``cost``: events per simulated ms, the
+host's RAM buffer)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Any
 from pydantic import ValidationError
 
 import hosts.sched as sched_registry
+from hosts.clock import MS
 from hosts.domain import mib_to_pages
+from hosts.workload import MAX_SPAN_NS
 
 from cluster.config.schema import ClusterConfig, DomainCfg, HostCfg, PinAction, PoolMoveAction, SetAction
 from cluster.errors import ConfigError
@@ -32,6 +36,15 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
                     if c in seen:
                         raise ConfigError(file, f"hosts[{h.name}].pools[{p.name}].cpus", f"pCPU {c} is already in pool {seen[c]!r}; a pCPU is in at most one pool")
                     seen[c] = p.name
+            left = [c for c in range(h.pcpus) if c not in seen]
+            if left:
+                raise ConfigError(
+                    file, f"hosts[{h.name}].pools", f"pCPU(s) {', '.join(map(str, left))} of {h.pcpus} are in no pool; every pCPU of the host must be in exactly one"
+                )
+            for p in h.pools:
+                check_sched_steps(p.scheduler, f"hosts[{h.name}].pools[{p.name}].scheduler", file)
+        else:
+            check_sched_steps(h.scheduler, f"hosts[{h.name}].scheduler", file)
         dom0_pages = mib_to_pages(h.dom0.mem_mib)
         if dom0_pages > mib_to_pages(h.mem_mib):
             raise ConfigError(file, f"hosts[{h.name}].dom0.mem_mib", f"{h.dom0.mem_mib} MiB exceeds the host's {h.mem_mib} MiB")
@@ -107,6 +120,23 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
         if e.at_ms > cfg.run.duration_ms:
             raise ConfigError(file, f"events[{i}].at_ms", f"{e.at_ms} is after the end of the run ({cfg.run.duration_ms} ms)")
     check_memory(cfg, file)
+    from cluster.config.cost import check_cost
+
+    check_cost(cfg, file)
+
+
+def check_sched_steps(sched: Any, where: str, file: str) -> None:
+    """Scheduler times the simulation acts on must be whole ns of at least 1 (ARINC653's frames;
+    the other schedulers' parameters are whole us or ms with lower bounds of their own)."""
+    if sched.name != "arinc653" or sched.schedule is None:
+        return
+    for i, e in enumerate(sched.schedule):
+        if int(round(e.runtime_ms * MS)) < 1:
+            raise ConfigError(file, f"{where}.schedule[{i}].runtime_ms", f"{e.runtime_ms:g} ms is under 1 ns; simulated time counts whole ns")
+        if e.runtime_ms * MS > MAX_SPAN_NS:
+            raise ConfigError(file, f"{where}.schedule[{i}].runtime_ms", f"{e.runtime_ms:g} ms is longer than the longest run ({MAX_SPAN_NS / MS:g} ms)")
+    if sched.major_frame_ms is not None and sched.major_frame_ms * MS > MAX_SPAN_NS:
+        raise ConfigError(file, f"{where}.major_frame_ms", f"{sched.major_frame_ms:g} ms is longer than the longest run ({MAX_SPAN_NS / MS:g} ms)")
 
 
 def pool_scheduler(h: HostCfg, pool: str | None) -> Any:
@@ -145,7 +175,11 @@ def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict[str, An
 
 
 def check_memory(cfg: ClusterConfig, file: str) -> None:
+    """Every domain's memory fits on its host, and so does its maximum: a host keeps one p2m
+    entry per page of each domain's ``max_mem_mib`` (hosts/memory.py), in a pool as large as
+    its RAM."""
     used: dict[str, int] = {h.name: mib_to_pages(h.dom0.mem_mib) for h in cfg.hosts}
+    reserved = dict(used)
     cap = {h.name: mib_to_pages(h.mem_mib) for h in cfg.hosts}
     for d in cfg.domains:
         pages = mib_to_pages(d.mem_mib)
@@ -157,6 +191,19 @@ def check_memory(cfg: ClusterConfig, file: str) -> None:
                 f"{d.mem_mib} MiB does not fit on host {d.host}: {free * 4096 >> 20} MiB free after Domain-0 and the domains before it",
             )
         used[d.host] += pages
+        max_pages = mib_to_pages(d.max_mem_mib) if d.max_mem_mib is not None else pages
+        if reserved[d.host] + max_pages > cap[d.host]:
+            free = cap[d.host] - reserved[d.host]
+            raise ConfigError(
+                file,
+                f"domains[{d.name}].max_mem_mib",
+                f"{d.max_mem_mib} MiB does not fit on host {d.host} ({h_mib(cfg, d.host)} MiB): {free * 4096 >> 20} MiB left after the maxima of Domain-0 and the domains before it",
+            )
+        reserved[d.host] += max_pages
+
+
+def h_mib(cfg: ClusterConfig, host: str) -> int:
+    return next(h.mem_mib for h in cfg.hosts if h.name == host)
 
 
 def _unique(names: list[str], where: str, file: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import hosts.sched as sched_registry
-from hosts.workload import WORKLOADS
+from hosts.clock import MS, US
+from hosts.workload import MAX_SPAN_NS, MIN_STEP_NS, WORKLOADS
 
 from cluster.config.checks import check_config
 from cluster.config.schema import ClusterConfig
+from cluster.config.yamlsafe import MAX_FILE_BYTES, DocError, YamlLimitError, check_plain, load_yaml
 from cluster.errors import ConfigError
 from cluster.paths import PathError, parse_assignment, set_path
 
@@ -73,9 +76,30 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
         msg = f"unknown {what} {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
         if ctx.get("tag") == "None":
             msg += ' (YAML reads a bare null as "no value": write "null" in quotes)'
+    elif e["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        msg += _bound_hint(loc, e.get("ctx", {}))
+    elif e["type"] == "finite_number":
+        msg = "must be a finite number (inf and nan are not allowed)"
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
     return field_name, msg
+
+
+_UNITS = {"_ms": MS, "_us": US, "_ns": 1}
+
+
+def _bound_hint(loc: tuple[Any, ...], ctx: dict[str, Any]) -> str:
+    """Why a time bound is what it is: 1 ns is the simulation's step, MAX_SPAN_NS the longest run."""
+    name = str(loc[-1]) if loc else ""
+    unit = next((u for suf, u in _UNITS.items() if name.endswith(suf)), None)
+    bound = next((ctx[k] for k in ("ge", "le", "gt", "lt") if k in ctx), None)
+    if unit is None or not isinstance(bound, (int, float)):
+        return ""
+    if math.isclose(bound * unit, MIN_STEP_NS):
+        return " (1 ns: simulated time counts whole nanoseconds, and a shorter step would make no progress)"
+    if math.isclose(bound * unit, MAX_SPAN_NS):
+        return f" (the longest run, {MAX_SPAN_NS / MS:g} ms)"
+    return ""
 
 
 def _allowed_keys_hint(loc: tuple[Any, ...], doc: Any = None) -> str:
@@ -128,11 +152,16 @@ def load_doc(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(str(path), None, "is a directory, expected a YAML config file")
     try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(str(path), None, f"{size} bytes; a config or sweep file is at most {MAX_FILE_BYTES >> 20} MiB")
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), None, f"cannot read ({exc.__class__.__name__}: {exc})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
+    except YamlLimitError as exc:
+        raise ConfigError(str(path), f"{exc.where} (line {exc.line}, column {exc.column})", str(exc.problem)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -156,6 +185,14 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str], file: str) -> dic
 
 
 def validate_doc(doc: dict[str, Any], file: str = "<config>") -> ClusterConfig:
+    """The config a document describes, or ConfigError. The one gate of ``validate``, ``run``
+    and ``batch``: plain bounded data (``yamlsafe.check_plain``), the schema, then ``checks``."""
+    try:
+        check_plain(doc)
+    except DocError as exc:
+        raise ConfigError(file, exc.where, exc.msg) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(file, None, f"the top level must be a mapping, found {type(doc).__name__}")
     try:
         cfg = ClusterConfig.model_validate(doc)
     except ValidationError as exc:
