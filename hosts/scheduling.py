@@ -415,9 +415,10 @@ class SchedulingCpu(EventLoop):
     def _unpause_vcpu(self, v: VcpuState) -> None:
         if v.pause_count > 0:
             v.pause_count -= 1
+            if self.tracing and not v.pause_count:  # vcpu_unpause -> vcpu_wake, runnable or not
+                self._trace_pair(TRC_SCHED_WAKE, v)
         if v.runnable() and self.curr is not v and v.runstate != RUNSTATE_RUNNABLE:
             if self.tracing:
-                self._trace_pair(TRC_SCHED_WAKE, v)
                 self._trace_rs(v, RUNSTATE_RUNNABLE)
             v.set_runstate(RUNSTATE_RUNNABLE, self.now)
             self.sched.wake(v)

@@ -44,10 +44,22 @@ class FakeCtx:
         self.parked: list[int] = []
         self.unparked: list[int] = []
         self.migrating: list[int] = []
+        self.tracing = False  # Xen trace records: the fake keeps them in ``traced`` when set
+        self.traced: list[tuple[int, tuple[int, ...]]] = []
 
     # --- SchedContext ----------------------------------------------------------------------
     def domain(self, uid: int) -> DomainInfo:
         return self.domains[uid]
+
+    def trace(self, event: int, *args: int) -> None:
+        self.traced.append((event, args))
+
+    def trace_dom(self, v: VcpuState | None) -> tuple[int, int]:
+        return (0x7FFF, self.pcpu) if v is None else (v.dom, v.idx)
+
+    def trace_id(self, v: VcpuState | None) -> int:
+        dom, idx = self.trace_dom(v)
+        return idx | dom << 16
 
     def raise_softirq(self) -> None:
         self.softirqs += 1

@@ -69,6 +69,7 @@ LAYOUT: dict[int, tuple[str, int | None]] = {
     0x00022806: ("TRC_RTDS_SCHEDULE", 1),
 }
 TRC_SCHED_DOM_ADD, TRC_SCHED_DOM_REM, TRC_SCHED_SWITCH = 0x00028001, 0x00028002, 0x0002800A
+PER_VCPU = (0x00028003, 0x00028004, 0x00028005, 0x00028006)  # SLEEP, WAKE, YIELD, BLOCK: [domid, vcpu]
 
 
 class TraceError(ValueError):
@@ -177,6 +178,8 @@ def per_vcpu_runstates(traces: dict[str, Trace], dom0_uid: dict[str, int], tsc_p
                 ev.append((t, 0, 1, host, (dom0_uid[host] if r.words[0] == 0 else r.words[0],)))
             elif r.event == TRC_SCHED_DOM_REM:
                 ev.append((t, 2, 2, host, (dom0_uid[host] if r.words[0] == 0 else r.words[0],)))
+            elif r.event in PER_VCPU and r.words[0] != DOMID_IDLE:  # where the vCPU is now
+                ev.append((t, 1, 3, host, (dom0_uid[host] if r.words[0] == 0 else r.words[0], r.words[1])))
     ev.sort(key=lambda e: (e[0], e[1]))
     ev = _chain_order(ev)
     state: dict[tuple[int, int], list[int]] = {}  # key -> [state, since, ns x4]
@@ -188,6 +191,8 @@ def per_vcpu_runstates(traces: dict[str, Trace], dom0_uid: dict[str, int], tsc_p
         if kind == 1:
             born.setdefault(data[0], t)
             added[data[0]] = (t, host)
+        elif kind == 3:
+            seen[(data[0], data[1])] = (t, host)
         elif kind == 2:
             uid = data[0]
             for key, st in state.items():
@@ -229,8 +234,9 @@ def _chain_order(ev: list[tuple[int, int, int, str, tuple[int, ...]]]) -> list[t
         j = i
         while j < len(ev) and ev[j][:2] == ev[i][:2]:
             j += 1
-        group = ev[i:j]
-        if group[0][2] == 0:
+        out.extend(e for e in ev[i:j] if e[2] != 0)
+        group = [e for e in ev[i:j] if e[2] == 0]
+        if group:
             while group:
                 for k, e in enumerate(group):
                     key = (e[4][0], e[4][1])
@@ -240,8 +246,6 @@ def _chain_order(ev: list[tuple[int, int, int, str, tuple[int, ...]]]) -> list[t
                     k, e = 0, group[0]  # no chain: let the caller report the mismatch
                 out.append(group.pop(k))
                 cur[(e[4][0], e[4][1])] = e[4][3]
-        else:
-            out.extend(group)
         i = j
     return out
 

@@ -25,6 +25,7 @@ from hosts.sched.base import Decision, PcpuScheduler, SchedContext, unknown
 from hosts.sched.credit.params import CREDITS_PER_MSEC, FLAG_MIGRATING, FLAG_PARKED, FLAG_PINNED, FLAG_YIELD, MIN_TIMER_NS, PRI_BOOST, PRI_IDLE, PRI_NAMES, PRI_OVER, PRI_UNDER, CreditParams
 from hosts.sched.credit.records import CreditPcpu, CreditVcpu, cpu_pick
 from hosts.sched.messages import CreditAcct, CreditAcctCredit, CreditAcctStart, CreditAcctStop, CreditQueued, CreditSummary, Instruction
+from hosts.tracelog import TRC_CSCHED_BOOST_END, TRC_CSCHED_BOOST_START, TRC_CSCHED_PICKED_CPU, TRC_CSCHED_RATELIMIT, TRC_CSCHED_SCHEDULE, TRC_CSCHED_TICKLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -133,6 +134,9 @@ class CreditScheduler(PcpuScheduler):
                         mask = sorted(cands)
                 if mask:
                     break
+        if ctx.tracing:
+            for c in mask:
+                ctx.trace(TRC_CSCHED_TICKLE, c)
         for c in mask:
             ctx.view.idlers.discard(c)
             ctx.tickle(c)
@@ -175,6 +179,8 @@ class CreditScheduler(PcpuScheduler):
         was_migrating = bool(u.flags & FLAG_MIGRATING) or migrating
         u.flags &= ~FLAG_MIGRATING
         if self.boost and not was_migrating and u.pri == PRI_UNDER and not u.flags & FLAG_PARKED:
+            if self.ctx.tracing:
+                self.ctx.trace(TRC_CSCHED_BOOST_START, *self.ctx.trace_dom(v))
             u.pri = PRI_BOOST
         self._runq_insert(v)
         self.pc.nr_runnable += 1
@@ -201,11 +207,15 @@ class CreditScheduler(PcpuScheduler):
         cpu = cpu_pick(cur, hard, soft, self.pool, self.ctx.view.idlers, runq_idle)
         if commit:
             v.sched.flags |= FLAG_MIGRATING
+        if self.ctx.tracing:
+            self.ctx.trace(TRC_CSCHED_PICKED_CPU, *self.ctx.trace_dom(v), cpu)
         return cpu
 
     def do_schedule(self, now: int, curr: "VcpuState | None") -> Decision:
         pc = self.pc
         ctx = self.ctx
+        if ctx.tracing:  # {cpu:16, tasklet:8, idle:8}
+            ctx.trace(TRC_CSCHED_SCHEDULE, ctx.pcpu | (1 << 24 if curr is None else 0))
         if curr is not None:
             u: CreditVcpu = curr.sched
             runtime = now - curr.state_entry_ns
@@ -219,6 +229,8 @@ class CreditScheduler(PcpuScheduler):
                 tslice = self.ratelimit - runtime
                 if runtime < MIN_TIMER_NS:
                     tslice = MIN_TIMER_NS
+                if ctx.tracing:  # {unit:16, dom:16}, runtime
+                    ctx.trace(TRC_CSCHED_RATELIMIT, ctx.trace_id(curr), runtime)
                 return Decision(curr, tslice)
             if curr.runnable():
                 self._runq_insert(curr)
@@ -258,6 +270,8 @@ class CreditScheduler(PcpuScheduler):
             u: CreditVcpu = curr.sched
             if u.pri == PRI_BOOST:
                 u.pri = PRI_UNDER
+                if ctx.tracing:
+                    ctx.trace(TRC_CSCHED_BOOST_END, *ctx.trace_dom(curr))
             if self.timestamp_acct:
                 self._burn(u, now)
             else:

@@ -30,6 +30,16 @@ from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, MAX_TIMER, MIG
 from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick
 from hosts.sched.messages import Credit2BudgetSet, Credit2CapOff, Credit2CapOn, Credit2Curr, Credit2Load, Credit2Pulled, Credit2Queued
 from hosts.sched.messages import Credit2Reserve, Credit2Reset, Credit2RqMigrate, Credit2Summary, Credit2Untickle, Credit2View, Instruction
+from hosts.tracelog import (
+    TRC_CSCHED2_PICKED_CPU,
+    TRC_CSCHED2_RATELIMIT,
+    TRC_CSCHED2_RUNQ_ASSIGN,
+    TRC_CSCHED2_RUNQ_CANDIDATE,
+    TRC_CSCHED2_SCHEDULE,
+    TRC_CSCHED2_TICKLE,
+    TRC_CSCHED2_TICKLE_NEW,
+    lo_hi,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -85,6 +95,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
         me = ctx.pcpu
         u: Credit2Unit = v.sched
         pc = self.pc
+        if ctx.tracing:  # {unit:16, dom:16}, processor, credit
+            ctx.trace(TRC_CSCHED2_TICKLE_NEW, ctx.trace_id(v), u.processor, u.credit)
         hard, soft = self.affinity(v)
         idlers = self._idlers()
         idle = (idlers & self.rq_cpus) - pc.tickled
@@ -119,6 +131,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if ipid < 0:
             self._ring()  # it waits: the pool may know of an idle pCPU the view does not show
             return
+        if ctx.tracing:  # {cpu:16, pad:16}
+            ctx.trace(TRC_CSCHED2_TICKLE, ipid)
         pc.tickled.add(ipid)
         u.tickled_cpu = ipid
         if ipid == me:
@@ -151,6 +165,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if u.rq != pc.rq:
             u.rq = pc.rq  # _runq_assign: a new runqueue, its own reset numbers
             u.gen = pc.gen
+            if self.ctx.tracing:  # {unit:16, dom:16}, {rqi:16}
+                self.ctx.trace(TRC_CSCHED2_RUNQ_ASSIGN, self.ctx.trace_id(v), pc.rq)
         elif u.gen < pc.gen:
             self._catch_up(u, pc.gen)
         if not stolen:
@@ -251,6 +267,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
             if commit:
                 u.migrate_cpu = -1
                 u.flags &= ~F_MIGRATE_REQ
+            if self.ctx.tracing:  # the migrate-request path: no runqueue looked at (rq -1, load STIME_MAX)
+                self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi((1 << 63) - 1), self.ctx.trace_id(v), 0xFFFF | cpu << 16)
             return cpu
         rqv = self._view().rq
         loads = [rqv[i].load if i in rqv else 0 for i in range(len(self.rqs))]
@@ -259,6 +277,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
         i, mask = res_pick(hard, soft, self.pool, self.rq_sets, loads)
         cpu = cycle(self.pc.pick_bias.get(i, self.rqs[i][0]), mask)
         self.pc.pick_bias[i] = cpu
+        if self.ctx.tracing:  # b_avgload (the hard-affinity minimum), {unit:16, dom:16}, {rq_id:16, new_cpu:16}
+            low = min(load for j, load in enumerate(loads) if hard & self.rq_sets[j])
+            self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi(low), self.ctx.trace_id(v), i | cpu << 16)
         return cpu
 
     # --- the decision ----------------------------------------------------------------------------
@@ -278,6 +299,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
             su.flags &= ~F_YIELD
             runnable = scurr.runnable() and not su.flags & F_PARK_PENDING
             if not yield_ and not bypass and self.ratelimit and runnable and now - scurr.state_entry_ns < self.ratelimit:
+                if self.ctx.tracing:  # {unit:16, dom:16}, runtime
+                    self.ctx.trace(TRC_CSCHED2_RATELIMIT, self.ctx.trace_id(scurr), now - scurr.state_entry_ns)
                 return scurr, False
             soft_aff_preempt = False
             hard, soft = self.affinity(scurr)
@@ -303,6 +326,12 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext = v
             break
         pull = self._remote_first(view, local, snext_credit, yield_)
+        if self.ctx.tracing:  # {unit:16, dom:16}, tickled_cpu, credit (the idle unit: -1, IDLE_CREDIT)
+            if snext is None:
+                self.ctx.trace(TRC_CSCHED2_RUNQ_CANDIDATE, self.ctx.trace_id(None), -1, IDLE_CREDIT)
+            else:
+                sn: Credit2Unit = snext.sched
+                self.ctx.trace(TRC_CSCHED2_RUNQ_CANDIDATE, self.ctx.trace_id(snext), sn.tickled_cpu, sn.credit)
         return snext, pull
 
     def _remote_first(self, view: Credit2View, local_credit: int | None, snext_credit: int, yield_: bool) -> bool:
@@ -355,6 +384,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
         ctx = self.ctx
         pc = self.pc
         me = ctx.pcpu
+        if ctx.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
+            idle = 1 if curr is None else 0
+            ctx.trace(TRC_CSCHED2_SCHEDULE, me | pc.rq << 16, idle << 8 | idle << 16 | (1 << 24 if me in pc.tickled else 0))
         pc.tickled.discard(me)
         cu: Credit2Unit | None = None
         if curr is not None:

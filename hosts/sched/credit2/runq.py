@@ -25,6 +25,9 @@ from hosts.sched.base import PcpuScheduler, SchedContext
 from hosts.sched.credit2.params import CARRYOVER_MAX, CREDIT_INIT, CREDIT_MIN, DEFAULT_WEIGHT, F_PINNED, GEN_HISTORY, LOADAVG_GRANULARITY_SHIFT, RING, Credit2Params
 from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at
 from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
+from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
+
+INT_MIN = -(1 << 31)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -148,14 +151,15 @@ class Credit2Slice(PcpuScheduler):
         """burn_credits / t2c_update."""
         u: Credit2Unit = v.sched
         delta = now - u.start_time
-        if delta <= 0:
-            return
-        val = delta * self.pc.max_weight + u.residual
-        q, u.residual = divmod(val, self._weight(v))
-        u.credit = max(u.credit - q, CREDIT_MIN)
-        if u.budget is not None:
-            u.budget -= delta
-        u.start_time = now
+        if delta > 0:
+            val = delta * self.pc.max_weight + u.residual
+            q, u.residual = divmod(val, self._weight(v))
+            u.credit = max(u.credit - q, CREDIT_MIN)
+            if u.budget is not None:
+                u.budget -= delta
+            u.start_time = now
+        if self.ctx.tracing:  # {unit:16, dom:16}, credit, budget (INT_MIN: no cap), delta
+            self.ctx.trace(TRC_CSCHED2_CREDIT_BURN, self.ctx.trace_id(v), u.credit, INT_MIN if u.budget is None else u.budget, delta)
 
     def _credit_at(self, v: "VcpuState", now: int) -> int:
         """The credit v would have after burning up to now (not stored)."""
@@ -179,6 +183,8 @@ class Credit2Slice(PcpuScheduler):
             i += 1
         runq.insert(i, v)
         u.on_runq = True
+        if self.ctx.tracing:  # {unit:16, dom:16}, pos
+            self.ctx.trace(TRC_CSCHED2_RUNQ_POS, self.ctx.trace_id(v), i)
 
     def _runq_remove(self, v: "VcpuState") -> None:
         u: Credit2Unit = v.sched
@@ -225,8 +231,11 @@ class Credit2Slice(PcpuScheduler):
                 self._burn(v, now)
                 if u.budget is not None and u.budget <= 0:
                     self._kick()
+            start = u.credit
             self._catch_up(u, gen)
             u.start_time = now
+            if self.ctx.tracing:  # {unit:16, dom:16}, credit_start, credit_end
+                self.ctx.trace(TRC_CSCHED2_CREDIT_RESET, self.ctx.trace_id(v), start, u.credit)
 
     def _catch_up(self, u: Credit2Unit, upto: int) -> None:
         hist = self.pc.gen_hist

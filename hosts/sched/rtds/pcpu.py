@@ -38,6 +38,7 @@ from hosts.sched.rtds.params import (
     RtdsParams,
 )
 from hosts.sched.rtds.records import RtdsPcpu, RtdsUnit, higher
+from hosts.tracelog import TRC_RTDS_BUDGET_BURN, TRC_RTDS_BUDGET_REPLENISH, TRC_RTDS_RUNQ_PICK, TRC_RTDS_SCHEDULE, TRC_RTDS_TICKLE, lo_hi
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -88,6 +89,11 @@ class RtdsScheduler(PcpuScheduler):
         u.last_start = now
         u.cur_budget = u.budget
         u.level = 0
+
+    def _trace_repl(self, v: "VcpuState", u: RtdsUnit) -> None:
+        """TRC_RTDS_BUDGET_REPLENISH (rt_update_deadline): {unit:16, dom:16}, priority_level,
+        cur_deadline, cur_budget."""
+        self.ctx.trace(TRC_RTDS_BUDGET_REPLENISH, self.ctx.trace_id(v), u.level, *lo_hi(u.cur_deadline), *lo_hi(u.cur_budget))
 
     def _burn(self, u: RtdsUnit, now: int) -> None:
         """burn_budget."""
@@ -211,6 +217,8 @@ class RtdsScheduler(PcpuScheduler):
             if len(self.pool) > 1:
                 self._ring()  # it waits: the pool may find it a pCPU the view does not show
             return
+        if ctx.tracing:  # {cpu:16, pad:16}
+            ctx.trace(TRC_RTDS_TICKLE, target)
         self.pc.tickled.add(target)
         if target == me:
             self._kick()
@@ -241,6 +249,8 @@ class RtdsScheduler(PcpuScheduler):
         u.on_q, u.on_replq = Q_NONE, False
         if now >= u.cur_deadline:
             self._update_deadline(u, now)
+            if self.ctx.tracing:
+                self._trace_repl(v, u)
         if v.runnable() and self.ctx.curr is not v:
             self._replq_insert(v)
             self._runq_insert(v)
@@ -279,6 +289,8 @@ class RtdsScheduler(PcpuScheduler):
         missed = now >= u.cur_deadline
         if missed:
             self._update_deadline(u, now)
+            if self.ctx.tracing:
+                self._trace_repl(v, u)
         if u.flags & F_SCHEDULED:
             u.flags |= F_DELAYED
             if missed:
@@ -309,15 +321,23 @@ class RtdsScheduler(PcpuScheduler):
         ctx = self.ctx
         me = ctx.pcpu
         pc = self.pc
+        if ctx.tracing:  # {cpu:16, tasklet:8, tickled:4, idle:4}
+            ctx.trace(TRC_RTDS_SCHEDULE, me | (1 << 24 if me in pc.tickled else 0) | (1 << 28 if curr is None else 0))
         pc.tickled.discard(me)
         cu: RtdsUnit | None = None
         if curr is not None:
             cu = curr.sched
+            delta = now - cu.last_start
             self._burn(cu, now)
+            if ctx.tracing and delta >= 0:  # {unit:16, dom:16}, cur_budget, delta, priority_level, has_extratime
+                ctx.trace(TRC_RTDS_BUDGET_BURN, ctx.trace_id(curr), *lo_hi(cu.cur_budget), delta, cu.level, 1 if cu.flags & F_EXTRA else 0)
         snext = None
         for v in list(pc.runq):
             if me not in self.affinity(v)[0]:
                 continue
+            if ctx.tracing:  # runq_pick: {unit:16, dom:16}, cur_deadline, cur_budget
+                vu: RtdsUnit = v.sched
+                ctx.trace(TRC_RTDS_RUNQ_PICK, ctx.trace_id(v), *lo_hi(vu.cur_deadline), *lo_hi(vu.cur_budget))
             if v.runnable():
                 snext = v
                 break
@@ -366,6 +386,8 @@ class RtdsScheduler(PcpuScheduler):
             v = pc.replq.pop(0)
             u: RtdsUnit = v.sched
             self._update_deadline(u, now)
+            if self.ctx.tracing:
+                self._trace_repl(v, u)
             done.append(v)
             if u.on_q:
                 self._q_remove(v)
