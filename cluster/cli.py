@@ -133,6 +133,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only once the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table and no progress bar."),
     progress_file: Optional[Path] = typer.Option(None, "--progress-file", help="Keep the simulated time reached in this JSON file (sim_ns, end_ns), replaced atomically as the run advances."),
+    xentrace: Optional[Path] = typer.Option(None, "--xentrace", help="Write Xen's binary trace (what xentrace records; TSC at 2 GHz, read it with xenalyze --cpu-hz=2G) to FILE; several hosts: FILE with each host's name before the suffix."),
 ) -> None:
     """Run a cluster simulation and write its run directory."""
     from cluster.runner import run_config
@@ -141,6 +142,10 @@ def run(
         raise ConfigError(str(config), "--seed", f"{seed} is negative; a seed is an integer >= 0")
     if progress_file is not None and not progress_file.parent.is_dir():
         raise ConfigError(str(config), "--progress-file", f"{progress_file.parent}: no such directory")
+    if xentrace is not None and not xentrace.parent.is_dir():
+        raise ConfigError(str(config), "--xentrace", f"{xentrace.parent}: no such directory")
+    if xentrace is not None and xentrace.is_dir():
+        raise ConfigError(str(config), "--xentrace", f"{xentrace}: is a directory; give a file name")
     interruptible()
     bar = _Progress(enabled=not quiet and err.is_terminal)
 
@@ -159,12 +164,16 @@ def run(
             overrides=set_,
             force=force,
             progress=progress,
+            xentrace=xentrace,
         )
     finally:
         bar.close()
     if not quiet:
         print_summary(res.summary)
     out.print(f"run directory: {res.out}")
+    xt = res.summary.get("xentrace")
+    if xt:
+        out.print(f"xentrace: {', '.join(xt['files'])} (TSC {xt['tsc_hz'] / 1e9:g} GHz: xenalyze --summary --cpu-hz={xt['tsc_hz'] / 1e9:g}G FILE)")
     out.print(f"trace_digest: {res.summary['trace_digest']}  simulation {res.summary['sim_wall_s']:.2f} s wall, start-up {res.startup_s:.2f} s (Ray, actors, domains)")
 
 

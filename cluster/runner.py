@@ -23,7 +23,8 @@ from cluster.config import ClusterConfig, Plan, build_plan, config_digest, load_
 from cluster.metrics import build_summary, vcpu_rows
 from cluster.errors import Interrupted, RunIncomplete, RunLost
 from hosts.messages import PcpuReport
-from cluster.results import RunDir, write_run
+from cluster.results import RunDir, atomic_write, write_run
+from cluster.xentrace import TSC_HZ, trace_files
 
 __all__ = ["Interrupted", "RunLost", "RunResult", "run_config", "run_loaded"]
 
@@ -71,9 +72,16 @@ def run_config(
     force: bool = False,
     write: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    xentrace: str | Path | None = None,
 ) -> RunResult:
-    cfg, resolved = load_config(config_path, overrides or [], seed)
-    return run_loaded(cfg, resolved, config_path=config_path, backend=backend, address=address, out=out, force=force, write=write, progress=progress)
+    """``xentrace``: write Xen's binary trace there (turns ``run.xentrace`` on; with several
+    hosts, one file per host, the host's name before the suffix) instead of into the run
+    directory."""
+    over = list(overrides or [])
+    if xentrace is not None:
+        over.append("run.xentrace=true")
+    cfg, resolved = load_config(config_path, over, seed)
+    return run_loaded(cfg, resolved, config_path=config_path, backend=backend, address=address, out=out, force=force, write=write, progress=progress, xentrace=xentrace)
 
 
 def run_loaded(
@@ -89,6 +97,7 @@ def run_loaded(
     progress: Callable[[int, int], None] | None = None,
     probe: Callable[[Any], dict[str, Any]] | None = None,
     reaper: Any = None,
+    xentrace: str | Path | None = None,
 ) -> RunResult:
     """``reaper``: a running :class:`cluster.reaper.Reaper` to reuse (a batch worker keeps one
     for all its trials); by default each run starts its own and stops it at the end."""
@@ -131,6 +140,11 @@ def run_loaded(
         if incomplete is not None:
             probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
         wall = time.perf_counter() - t_setup
+        traces: dict[str, bytes] = {}
+        if cfg.run.xentrace:
+            traces = trace_files(reports, list(plan.hosts), Path(xentrace).name if xentrace is not None else "xentrace.bin")
+            where_to = [str(Path(xentrace).with_name(n)) for n in traces] if xentrace is not None else sorted(traces)
+            probed = {**probed, "xentrace": {"files": where_to, "tsc_hz": TSC_HZ}}
         frames = {int(uid): n for st in state.get("extra", {}).get("hosts", {}).values() for uid, n in st.get("frames", {}).items()}
         lost_doms = {int(u): t for u, t in state.get("extra", {}).get("lost_domains", {}).items()}
         summary = build_summary(
@@ -150,6 +164,8 @@ def run_loaded(
             from cluster.results import csv_text
 
             files = dict(state.get("files", {}))
+            if xentrace is None:
+                files.update(traces)
             migs = summary.get("migrations", [])
             if migs:
                 files["migrations.csv"] = csv_text(
@@ -171,6 +187,9 @@ def run_loaded(
                 extra_files=files,
             )
             path = rd.commit()
+        if xentrace is not None:
+            for name, data in traces.items():
+                atomic_write(Path(xentrace).with_name(name), data)
         if incomplete is not None:
             raise RunLost(f"{incomplete}; an incomplete run was written to {path}" if path else str(incomplete), path, summary)
         return RunResult(path, summary, wall, startup_s, reports, state)
