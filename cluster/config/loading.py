@@ -25,6 +25,7 @@ from cluster.config.schema import ClusterConfig
 from cluster.config.yamlsafe import MAX_FILE_BYTES, DocError, YamlLimitError, check_plain, load_yaml
 from cluster.errors import ConfigError
 from cluster.paths import PathError, parse_assignment, set_path
+from cluster.xlcfg import resolve_domains as resolve_xl_domains
 
 
 def _loc_str(loc: tuple[Any, ...], doc: Any) -> str:
@@ -205,6 +206,7 @@ def validate_doc(doc: dict[str, Any], file: str = "<config>") -> ClusterConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None, seed: int | None = None) -> tuple[ClusterConfig, dict[str, Any]]:
     """Read, override, validate. Returns the config and the resolved document."""
     doc = load_doc(path)
+    doc = resolve_xl_domains(doc, Path(path).parent, str(path))  # domains given by xl.cfg files
     doc = apply_overrides(doc, overrides or [], str(path))
     if seed is not None:
         doc = set_path(doc, "run.seed", seed) if "run" in doc else {**doc, "run": {"seed": seed}}
@@ -213,7 +215,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, seed: int 
 
 
 def resolved_doc(cfg: ClusterConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", exclude_none=True)
+    # a domain read from an xl file is written out whole, without the file's path
+    return cfg.model_dump(mode="json", exclude_none=True, exclude={"domains": {"__all__": {"xl"}}})
 
 
 def config_digest(cfg: ClusterConfig) -> str:

@@ -195,6 +195,10 @@ class DomainCfg(_M):
         None, description="Per-vCPU scheduler parameters for all vCPUs, checked against the pool's scheduler (e.g. RTDS: period_us, budget_us, extratime)."
     )
     vcpu_sched: Optional[list[dict[str, Any]]] = Field(None, description="Per-vCPU scheduler parameters, one entry per vCPU (instead of 'sched').")
+    xl: Optional[str] = Field(
+        None,
+        description="An xl domain config file (xl.cfg(5): name, memory, maxmem, vcpus, maxvcpus, cpus, cpus_soft, type, hap, cpu_weight, cap, pool), relative to this YAML file; fields given here override the file's.",
+    )
 
 
 class LinkCfg(_M):
