@@ -378,6 +378,7 @@ def resolve_domains(doc: dict[str, Any], base: Path, file: str) -> dict[str, Any
         return doc
     hosts = {h.get("name"): h.get("pcpus") for h in doc.get("hosts") or [] if isinstance(h, dict)}
     out = []
+    warned: set[Path] = set()
     for i, d in enumerate(domains):
         if not isinstance(d, dict) or "xl" not in d:
             out.append(d)
@@ -393,7 +394,8 @@ def resolve_domains(doc: dict[str, Any], base: Path, file: str) -> dict[str, Any
             raise ConfigError(str(p), None, "Domain name must be specified (name=\"NAME\")")
         merged = {**fields, **{k: v for k, v in d.items() if k != "xl"}}
         merged["xl"] = str(p)
-        if notes:
+        if notes and p not in warned:
+            warned.add(p)
             log.warning("%s: warning: xl keys hvsim does not model, ignored: %s", p, ", ".join(notes))
         out.append(merged)
     return {**doc, "domains": out}
