@@ -74,6 +74,8 @@ MAX_PFN = 1 << 40
 #: Deepest nesting and most values of an hcall ``struct`` (it travels in the vCPU record).
 MAX_STRUCT_DEPTH = 8
 MAX_STRUCT_VALUES = 4096
+#: Most numbers in one event channel payload (the vCPU record keeps pending payloads).
+MAX_PAYLOAD = 64
 
 #: A duration in ms / us of which the simulation makes a step: at least 1 ns, at most MAX_SPAN_NS.
 StepMs = Annotated[float, Field(ge=MIN_STEP_NS / MS, le=MAX_SPAN_NS / MS, allow_inf_nan=False)]
@@ -106,40 +108,44 @@ _STRUCT_KEYS: dict[str, tuple[str, int, int]] = {
 }
 
 
-def _check_struct_key(key: str, x: Any) -> None:
+def _check_struct_key(key: str, x: Any, where: str) -> None:
     kind, lo, hi = _STRUCT_KEYS[key]
     if kind == "int":
         if type(x) is not int or not lo <= x <= hi:
-            raise ValueError(f"struct.{key} must be an integer from {lo} to {hi}")
+            raise ValueError(f"{where}.{key} must be an integer from {lo} to {hi}")
         return
     if key == "payload" and x is None:
         return
-    items = x if isinstance(x, list) else None
+    items = x if isinstance(x, (list, tuple)) else None
     if items is None:
-        raise ValueError(f"struct.{key} must be a list")
+        raise ValueError(f"{where}.{key} must be a list")
+    if key == "payload" and len(items) > MAX_PAYLOAD:
+        raise ValueError(f"{where}.payload has {len(items)} numbers; at most {MAX_PAYLOAD}")
     for el in items:
         vals = el if kind == "pairs" else [el]
-        if kind == "pairs" and not (isinstance(el, list) and len(el) == 2):
-            raise ValueError(f"struct.{key} must be a list of [page, value] pairs")
+        if kind == "pairs" and not (isinstance(el, (list, tuple)) and len(el) == 2):
+            raise ValueError(f"{where}.{key} must be a list of [page, value] pairs")
         for y in vals:
             if type(y) is not int or not lo <= y <= hi:
-                raise ValueError(f"struct.{key} must hold integers from {lo} to {hi}")
+                raise ValueError(f"{where}.{key} must hold integers from {lo} to {hi}")
 
 
-def check_struct(value: Any, where: str = "struct") -> None:
+def check_struct(value: Any, where: str = "struct", max_values: int = MAX_STRUCT_VALUES) -> None:
     """An hcall ``struct`` is plain msgpack data: strings, finite numbers that fit 64 bits,
     booleans, null, lists and string-keyed maps, at most MAX_STRUCT_DEPTH deep and
-    MAX_STRUCT_VALUES values (ValueError naming the place otherwise). Iterative."""
+    ``max_values`` values, and the keys the hypercall handlers read have the types they need
+    (ValueError naming the place otherwise). Iterative. The vCPU record codec checks a
+    vCPU's ``hcall_args`` (the struct of its hypercall in flight) with it too."""
     if isinstance(value, dict):
-        for key in _STRUCT_KEYS.keys() & value.keys():
-            _check_struct_key(key, value[key])
+        for key in sorted(_STRUCT_KEYS.keys() & value.keys()):
+            _check_struct_key(key, value[key], where)
     count = 0
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         node, at, depth = stack.pop()
         count += 1
-        if count > MAX_STRUCT_VALUES:
-            raise ValueError(f"{where} has more than {MAX_STRUCT_VALUES} values")
+        if count > max_values:
+            raise ValueError(f"{where} has more than {max_values} values")
         if isinstance(node, bool) or node is None or isinstance(node, str):
             continue
         if isinstance(node, int):
@@ -150,7 +156,7 @@ def check_struct(value: Any, where: str = "struct") -> None:
             if not math.isfinite(node):
                 raise ValueError(f"{at}: {node} is not a finite number")
             continue
-        if isinstance(node, (list, dict)):
+        if isinstance(node, (list, tuple, dict)):
             if depth >= MAX_STRUCT_DEPTH:
                 raise ValueError(f"{at}: nested more than {MAX_STRUCT_DEPTH} deep")
             if isinstance(node, dict):

@@ -17,8 +17,23 @@ from hosts.vcpu import REG_NAMES, VcpuState, make_vid
 u64 = st.integers(0, 2**64 - 1)
 i63 = st.integers(0, 2**62)
 small = st.integers(-(2**31), 2**31)
+i32 = st.integers(-(2**31), 2**31 - 1)
 scalar = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.booleans(), st.none(), st.binary(max_size=16))
 plain = st.recursive(scalar, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)), max_leaves=10)
+# a hypercall's struct in flight: what the handlers read has its type; other keys are plain data
+hc_scalar = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.booleans(), st.none())
+hc_plain = st.recursive(hc_scalar, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)), max_leaves=10)
+hc_args = st.fixed_dictionaries(
+    {},
+    optional={
+        "port": i32,
+        "ports": st.lists(i32, max_size=4),
+        "payload": st.one_of(st.none(), st.lists(st.integers(0, 2**40), max_size=3)),
+        "reqs": st.lists(st.lists(st.integers(0, 2**40), min_size=2, max_size=2), max_size=3),
+        "offset": st.integers(0, 100),
+        "nr_extents": st.integers(0, 2**40),
+    },
+).flatmap(lambda d: st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("port", "ports", "payload", "reqs", "offset", "nr_extents", "timeout", "remote_dom", "remote_port", "extent_start", "extent_order", "domid", "done")), hc_plain, max_size=3).map(lambda extra: {**extra, **d}))
 
 
 @st.composite
@@ -30,7 +45,7 @@ def vcpus(draw) -> VcpuState:
     )
     v.regs = {r: draw(u64) for r in REG_NAMES}
     v.hcall_preempted = draw(st.booleans())
-    v.hcall_args = draw(st.dictionaries(st.text(max_size=8), plain, max_size=4))
+    v.hcall_args = draw(hc_args)
     v.runstate = draw(st.integers(0, 3))
     v.state_entry_ns = draw(i63)
     v.runstate_ns = [draw(i63) for _ in range(4)]
@@ -40,7 +55,7 @@ def vcpus(draw) -> VcpuState:
     v.poll_ports = tuple(draw(st.lists(st.integers(-8, 4096), max_size=128)))
     v.poll_timeout_ns = draw(st.one_of(i63, st.just(NEVER)))
     v.pending_ports = draw(st.lists(st.integers(-8, 4096), max_size=6))
-    v.pending_payloads = draw(st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)), max_size=3))
+    v.pending_payloads = draw(st.lists(st.tuples(i32, st.one_of(st.none(), st.lists(st.integers(0, 2**40), max_size=3))), max_size=3))
     v.upcall_pending = draw(st.booleans())
     v.wl = draw(st.dictionaries(st.text(max_size=6), plain, max_size=5))
     v.rng = generator(draw(st.integers(0, 2**32)), draw(st.text(max_size=10))) if draw(st.booleans()) else None

@@ -78,6 +78,7 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
                 for c in lst:
                     if not 0 <= c < h.pcpus:
                         raise ConfigError(file, f"{where}.{key}", f"pCPU {c} does not exist on host {h.name} (pCPUs 0..{h.pcpus - 1})")
+                _no_repeats(lst, f"{where}.{key}", file)
                 if key == "hard_affinity" and lst and not set(lst) & set(pool_cpus):
                     raise ConfigError(file, f"{where}.{key}", f"no pCPU of {lst} is in the domain's pool ({pool_cpus})")
     for i, ln in enumerate(cfg.links):
@@ -107,6 +108,8 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
             for c in list(act.hard) + list(act.soft):
                 if not 0 <= c < h.pcpus:
                     raise ConfigError(file, where, f"pCPU {c} does not exist on host {h.name}")
+            _no_repeats(act.hard, f"{where}.hard", file)
+            _no_repeats(act.soft, f"{where}.soft", file)
         elif isinstance(act, PoolMoveAction):
             d = doms[act.domain]
             h = hosts[d.host]
@@ -169,8 +172,9 @@ def check_domain_sched(d: DomainCfg, h: HostCfg, file: str) -> list[dict[str, An
             e = exc.errors()[0]
             loc = ".".join(str(x) for x in e["loc"])
             msg = e["msg"] if e["type"] != "extra_forbidden" else f"unknown key {e['loc'][-1]!r}; allowed keys: {', '.join(model.model_fields)}"
+            msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
             idx = "" if key == "sched" else f"[{i}]"
-            raise ConfigError(file, f"{where}.{key}{idx}.{loc}", msg) from None
+            raise ConfigError(file, f"{where}.{key}{idx}" + (f".{loc}" if loc else ""), msg) from None
     return out
 
 
@@ -212,6 +216,12 @@ def _unique(names: list[str], where: str, file: str) -> None:
         if n in seen:
             raise ConfigError(file, f"{where}[{n}].name", f"duplicate name {n!r}")
         seen.add(n)
+
+
+def _no_repeats(cpus: list[int], where: str, file: str) -> None:
+    if len(set(cpus)) != len(cpus):
+        dup = next(c for i, c in enumerate(cpus) if c in cpus[:i])
+        raise ConfigError(file, where, f"pCPU {dup} is listed twice; list each pCPU once")
 
 
 def _affinity_lists(aff: Any, nvcpus: int) -> list[list[int]] | None:

@@ -81,9 +81,27 @@ def format_validation_error(exc: ValidationError, doc: Any) -> tuple[str, str]:
         msg += _bound_hint(loc, e.get("ctx", {}))
     elif e["type"] == "finite_number":
         msg = "must be a finite number (inf and nan are not allowed)"
+    elif e["type"] == "union_tag_not_found":
+        key = str(e.get("ctx", {}).get("discriminator", "")).strip("'")
+        known = sorted(sched_registry.REGISTRY) if key == "name" else sorted(WORKLOADS) if key == "kind" else []
+        what = {"name": "scheduler", "kind": "workload"}.get(key, "entry")
+        msg = f"a {what} needs {key!r}" + (f": one of {', '.join(known)}" if known else "")
+    elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"must be a mapping (key: value, ...), found {_kind(e.get('input'))}"
+    elif e["type"] == "list_type":
+        msg = f"must be a list, found {_kind(e.get('input'))}"
+    elif e["type"] == "value_error" and msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
     if len(errs) > 1:
         msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
     return field_name, msg
+
+
+def _kind(x: Any) -> str:
+    if x is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return names.get(type(x), type(x).__name__)
 
 
 _UNITS = {"_ms": MS, "_us": US, "_ns": 1}
@@ -199,6 +217,8 @@ def validate_doc(doc: dict[str, Any], file: str = "<config>") -> ClusterConfig:
     except ValidationError as exc:
         fld, msg = format_validation_error(exc, doc)
         raise ConfigError(file, fld, msg) from None
+    except ArithmeticError as exc:  # a model's own check computing with an extreme value
+        raise ConfigError(file, None, f"a value is out of range ({exc.__class__.__name__}: {exc})") from None
     check_config(cfg, file)
     return cfg
 

@@ -29,6 +29,16 @@ MAX_DEPTH = 32
 MAX_NODES = 200_000
 #: Largest config or sweep file read (a config of MAX_NODES short values is about 2 MiB).
 MAX_FILE_BYTES = 16 << 20
+#: Most digits of an integer in YAML (2^64 has 20; Python refuses to read more than 4300).
+MAX_INT_DIGITS = 40
+#: Integers in a document are below this in magnitude: a 64-bit register is the largest value
+#: a config may give (seeds are below 2^63).
+MAX_INT = 1 << 64
+#: Largest magnitude of a number written with a fraction or exponent (a float). No config
+#: field needs more (times are at most 1e15 ns, sizes 1.7e10 MiB, rates 1e7 Mbit/s), and a
+#: larger one overflows to infinity when converted to ns. Integers are not limited here
+#: (registers and seeds are 64-bit); the schema bounds each.
+MAX_FLOAT = 1e18
 
 
 class YamlLimitError(yaml.MarkedYAMLError):
@@ -130,6 +140,16 @@ class BoundedLoader(yaml.SafeLoader):
         self._size[id(node)] = (n, depth)
 
 
+    def construct_bounded_int(self, node: Any) -> Any:
+        digits = sum(ch.isalnum() for ch in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise YamlLimitError(f"an integer of {digits} digits; at most {MAX_INT_DIGITS}", node.start_mark, "number")
+        return self.construct_yaml_int(node)
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_bounded_int)
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document within the limits (YamlLimitError, or yaml.YAMLError)."""
     loader = BoundedLoader(text)
@@ -163,7 +183,7 @@ def _child_step(container: Any, key: Any) -> str:
 
 
 def check_plain(doc: Any) -> None:
-    """Refuse (DocError) a document with a non-finite number, a value YAML decoded into
+    """Refuse (DocError) a document with a non-finite or huge float, a value YAML decoded into
     something that is not plain data (a date, a set), nesting over MAX_DEPTH or more than
     MAX_NODES values (a value shared twice counts twice; a cycle never ends, so it is refused).
     Iterative: it never recurses, whatever the document."""
@@ -177,7 +197,11 @@ def check_plain(doc: Any) -> None:
         if isinstance(node, float):
             if not math.isfinite(node):
                 raise DocError(where, f"{node} is not allowed: every number must be finite")
+            if abs(node) > MAX_FLOAT:
+                raise DocError(where, f"{node:g} is too large: a number with a fraction or exponent is at most {MAX_FLOAT:g} in magnitude")
             continue
+        if type(node) is int and not -MAX_INT < node < MAX_INT:
+            raise DocError(where, f"{node:.3g} is too large: an integer is at most 64 bits" if abs(node) < 10**300 else "an integer of more than 300 digits; at most 64 bits")
         if isinstance(node, _SCALARS):
             continue
         if isinstance(node, (dict, list, tuple)):
