@@ -133,7 +133,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only once the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table and no progress bar."),
     progress_file: Optional[Path] = typer.Option(None, "--progress-file", help="Keep the simulated time reached in this JSON file (sim_ns, end_ns), replaced atomically as the run advances."),
-    xentrace: Optional[Path] = typer.Option(None, "--xentrace", help="Write Xen's binary trace (what xentrace records; TSC at 2 GHz, read it with xenalyze --cpu-hz=2G) to FILE; several hosts: FILE with each host's name before the suffix."),
+    xentrace: Optional[Path] = typer.Option(None, "--xentrace", help="Write Xen's binary trace (what xentrace records; TSC at 4 GHz, read it with xenalyze --cpu-hz=4G) to FILE; several hosts: FILE with each host's name before the suffix."),
 ) -> None:
     """Run a cluster simulation and write its run directory."""
     from cluster.runner import run_config

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 import golden
 import xentrace_reader as xr
 from cluster.cli import app
-from cluster.xentrace import CPU_CHANGE_HEADER, TSC_HZ, TSC_PER_NS, host_trace, pcpu_windows, trace_files, trace_name
+from cluster.xentrace import CPU_CHANGE_HEADER, TSC_BASE, TSC_HZ, TSC_PER_NS, host_trace, pcpu_windows, tie_levels, trace_files, trace_name
 from hosts import tracelog as tl
 from hosts.messages import PcpuReport
 
@@ -65,17 +67,18 @@ def test_record_layout_and_cpu_change_windows():
     hdr, cpu, size = struct.unpack_from("<IiI", data, 0)
     assert hdr == CPU_CHANGE_HEADER == 0x2001F003 and cpu == 3 and size == len(data) - 12
     w0 = struct.unpack_from("<IIIII", data, 12)
-    assert w0 == (0x80000000 | 2 << 28 | 0x00028004, 10, 0, 3, 1)  # TSC = 2 x ns
+    tsc = TSC_BASE + 4 * 5  # TSC = 4 GHz x time, from one second after boot
+    assert w0 == (0x80000000 | 2 << 28 | 0x00028004, tsc & 0xFFFFFFFF, tsc >> 32, 3, 1)
     tr = xr.read(data)
     assert not tr.unknown and [r.name for r in tr.records] == ["TRC_SCHED_WAKE", "TRC_HVM_VMENTRY", "TRC_CSCHED2_CREDIT_BURN"]
     burn = tr.records[2]
-    assert burn.tsc == (1 << 33) * TSC_PER_NS and burn.words == (1 | 3 << 16, (1 << 32) - 5, 1 << 31, 9)  # 32-bit two's complement
+    assert burn.tsc == TSC_BASE + (1 << 33) * TSC_PER_NS and burn.words == (1 | 3 << 16, (1 << 32) - 5, 1 << 31, 9)  # 32-bit two's complement
     # windows are cut at record boundaries and stay in time order
-    assert len(pcpu_windows(buf.tobytes(), window_max=24)) == 3
+    assert len(pcpu_windows(list(tl.records(buf)), window_max=24)) == 3
 
 
 def test_tsc_rate_is_exact():
-    assert TSC_HZ == 2_000_000_000 and TSC_PER_NS == 2
+    assert TSC_HZ == 4_000_000_000 and TSC_PER_NS == 4 and TSC_BASE == TSC_HZ
     assert trace_name("xentrace.bin", "host1", True) == "xentrace.host1.bin" and trace_name("t.bin", "h", False) == "t.bin"
 
 
@@ -92,7 +95,7 @@ def _check_against_summary(res, traces):
     s = res.summary
     hosts = list(traces)
     dom0 = {d["host"]: d["uid"] for d in s["domains"] if d["dom0"]}
-    rs = xr.per_vcpu_runstates(traces, dom0, TSC_PER_NS, s["sim_time_ns"])
+    rs = xr.per_vcpu_runstates(traces, dom0, TSC_PER_NS, s["sim_time_ns"], TSC_BASE)
     checked = 0
     for d in s["domains"]:
         for v in d["vcpus"]:
@@ -104,11 +107,11 @@ def _check_against_summary(res, traces):
                 assert got == want, (d["name"], v["id"])
                 checked += 1
     for p in s["pcpus"]:
-        idle = xr.idle_ns(traces[p["host"]], TSC_PER_NS, s["sim_time_ns"]).get(p["id"], s["sim_time_ns"])
+        idle = xr.idle_ns(traces[p["host"]], TSC_PER_NS, s["sim_time_ns"], TSC_BASE).get(p["id"], s["sim_time_ns"])
         assert idle == p["idle_ns"], p
     h = hashlib.blake2b(digest_size=16)
     for host in hosts:
-        dig = xr.switch_digest(traces[host], dom0[host], TSC_PER_NS)
+        dig = xr.switch_digest(traces[host], dom0[host], TSC_PER_NS, TSC_BASE)
         for cpu in sorted(p["id"] for p in s["pcpus"] if p["host"] == host):
             h.update(f"{host}:{cpu}:{dig.get(cpu, EMPTY_DIGEST)};".encode())
     assert h.hexdigest() == s["trace_digest"], "the context switches of the digest are not those of the trace"
@@ -223,7 +226,7 @@ def test_cli_xentrace_file_per_host(tmp_path):
     assert not (out / "xentrace.bin").exists() and not list(out.glob("xentrace*"))
     s = json.loads((out / "summary.json").read_text())
     assert s["xentrace"]["tsc_hz"] == TSC_HZ and len(s["xentrace"]["files"]) == 2
-    assert "--cpu-hz=2G" in r.output
+    assert "--cpu-hz=4G" in r.output
     for f in files:
         assert xr.read((tmp_path / f).read_bytes()).unknown == []
 
@@ -249,3 +252,54 @@ def test_ray_backend_writes_the_same_trace(ray_session):
     b = simulate_file(path, backend="ray", overrides=over)
     hosts = list(dict.fromkeys(p["host"] for p in a.summary["pcpus"]))
     assert trace_files(a.reports, hosts) == trace_files(b.reports, hosts)
+
+
+# --- one instant on several pCPUs, and xenalyze itself -------------------------------------------------
+
+
+def test_same_instant_moves_between_pcpus_get_ordered_ticks():
+    """A vCPU leaving pCPU 1 and starting on pCPU 0 at one ns: pCPU 0's records get the later
+    tick (the state before says which came first), and the ns stays exact."""
+    v = 1 | 5 << 16
+    before = [(10, tl.runstate_event(1, 0), (v,))]  # it started running on pCPU 1 at 10 ns
+    recs = {
+        0: [(20, tl.TRC_SCHED_SWITCH, (0x7FFF, 0, 5, 1)), (20, tl.runstate_event(1, 0), (v,)), (20, tl.TRC_SCHED_WAKE, (3, 0))],
+        1: before + [(20, tl.runstate_event(0, 1), (v,))],
+    }
+    levels, unresolved = tie_levels(recs)
+    assert unresolved == 0 and levels[1] == [0, 0] and levels[0] == [1, 1, 1]
+    rep = lambda cpu: PcpuReport("h", cpu, 0, 0, 0, 0, "", b"", 0, {}, {}, {}, {}, {}, {}, {}, _buf(recs[cpu]))  # noqa: E731
+    tr = xr.read(host_trace([rep(0), rep(1)]))
+    ticks = {(r.cpu, r.name): r.tsc - TSC_BASE for r in tr.records}
+    assert ticks[(1, "TRC_SCHED_RUNSTATE_CHANGE")] == 20 * TSC_PER_NS  # the last one of pCPU 1
+    assert ticks[(0, "TRC_SCHED_SWITCH")] == 20 * TSC_PER_NS + 1 and all((t - TSC_BASE) // TSC_PER_NS in (10, 20) for t in (r.tsc for r in tr.records))
+
+
+def _buf(recs):
+    b = tl.new_buffer()
+    for t, ev, args in recs:
+        b.extend((t, ev | len(args) << 28, *args))
+    return b.tobytes()
+
+
+@pytest.mark.parametrize("path,over", [(QUICKSTART, []), (CONFIGS / "xl" / "xl-guests.yaml", []), (CONFIGS / "migration-web.yaml", ["run.duration_ms=6000"])],
+                         ids=["quickstart", "xl-guests", "migration-web"])
+def test_every_same_instant_order_fits_in_the_ticks(path, over):
+    res = simulate_file(path, overrides=over + ["run.xentrace=true"])
+    for reps in res.reports.values():
+        _levels, unresolved = tie_levels({r.pcpu: list(tl.records(r.xentrace)) for r in reps})
+        assert unresolved == 0
+
+
+@pytest.mark.skipif(shutil.which("xenalyze") is None, reason="xenalyze (Xen's tools, e.g. Debian's xen-utils-common) is not installed")
+@pytest.mark.parametrize("path", [QUICKSTART, CONFIGS / "xl" / "xl-guests.yaml", CONFIGS / "schedulers-compare.yaml"], ids=["quickstart", "xl-guests", "schedulers-compare"])
+def test_xenalyze_reads_the_trace(tmp_path, path):
+    res = simulate_file(path, overrides=["run.duration_ms=1000", "run.xentrace=true"])
+    hosts = list(dict.fromkeys(p["host"] for p in res.summary["pcpus"]))
+    for name, data in trace_files(res.reports, hosts).items():
+        f = tmp_path / name
+        f.write_bytes(data)
+        p = subprocess.run(["xenalyze", "--summary", f"--cpu-hz={TSC_HZ // 1_000_000_000}G", str(f)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "skew" not in p.stderr and "FATAL" not in p.stderr, p.stderr[-2000:]
+        assert "Total time: 1.00 seconds (using cpu speed 4.00 GHz)" in p.stdout

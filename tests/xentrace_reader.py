@@ -158,7 +158,7 @@ def read_run(files: dict[str, Path]) -> dict[str, Trace]:
     return {host: read(p.read_bytes()) for host, p in files.items()}
 
 
-def per_vcpu_runstates(traces: dict[str, Trace], dom0_uid: dict[str, int], tsc_per_ns: int, end_ns: int) -> dict[tuple[int, int], list[int]]:
+def per_vcpu_runstates(traces: dict[str, Trace], dom0_uid: dict[str, int], tsc_per_ns: int, end_ns: int, tsc_base: int = 0) -> dict[tuple[int, int], list[int]]:
     """Per-vCPU (uid, index) ns in running/runnable/blocked/offline from the runstate changes.
 
     A vCPU exists from the first TRC_SCHED_DOM_ADD of its domain (created offline, as in Xen)
@@ -167,7 +167,7 @@ def per_vcpu_runstates(traces: dict[str, Trace], dom0_uid: dict[str, int], tsc_p
     ev: list[tuple[int, int, int, str, tuple[int, ...]]] = []  # (ns, order, kind, host, data)
     for host, tr in traces.items():
         for i, r in enumerate(tr.records):
-            t = r.tsc // tsc_per_ns
+            t = (r.tsc - tsc_base) // tsc_per_ns
             if r.event & ~RUNSTATE_BITS == TRC_SCHED_RUNSTATE_CHANGE:
                 dom, idx = r.words[0] >> 16, r.words[0] & 0xFFFF
                 if dom == DOMID_IDLE:
@@ -250,7 +250,7 @@ def _chain_order(ev: list[tuple[int, int, int, str, tuple[int, ...]]]) -> list[t
     return out
 
 
-def idle_ns(tr: Trace, tsc_per_ns: int, end_ns: int) -> dict[int, int]:
+def idle_ns(tr: Trace, tsc_per_ns: int, end_ns: int, tsc_base: int = 0) -> dict[int, int]:
     """Per pCPU, the time its idle vCPU ran (the pCPU was idle), from the idle vCPU's runstate
     changes; a pCPU starts idle at 0."""
     since: dict[int, int | None] = {}
@@ -259,7 +259,7 @@ def idle_ns(tr: Trace, tsc_per_ns: int, end_ns: int) -> dict[int, int]:
         if r.event & ~RUNSTATE_BITS != TRC_SCHED_RUNSTATE_CHANGE or r.words[0] >> 16 != DOMID_IDLE:
             continue
         cpu = r.words[0] & 0xFFFF
-        t = r.tsc // tsc_per_ns
+        t = (r.tsc - tsc_base) // tsc_per_ns
         total.setdefault(cpu, 0)
         s = since.get(cpu, 0)
         old, new = (r.event >> 8) & 3, (r.event >> 4) & 3
@@ -272,7 +272,7 @@ def idle_ns(tr: Trace, tsc_per_ns: int, end_ns: int) -> dict[int, int]:
     return total
 
 
-def switch_digest(tr: Trace, dom0: int, tsc_per_ns: int) -> dict[int, str]:
+def switch_digest(tr: Trace, dom0: int, tsc_per_ns: int, tsc_base: int = 0) -> dict[int, str]:
     """Per pCPU, hvsim's digest of its context switches recomputed from TRC_SCHED_SWITCH:
     blake2b-128 over the int64 triples (time ns, prev vid, next vid), -1 for idle."""
     trip: dict[int, list[int]] = {}
@@ -280,7 +280,7 @@ def switch_digest(tr: Trace, dom0: int, tsc_per_ns: int) -> dict[int, str]:
         if r.event != TRC_SCHED_SWITCH:
             continue
         pd, pu, nd, nu = r.words
-        trip.setdefault(r.cpu, []).extend((r.tsc // tsc_per_ns, _vid(pd, pu, dom0), _vid(nd, nu, dom0)))
+        trip.setdefault(r.cpu, []).extend(((r.tsc - tsc_base) // tsc_per_ns, _vid(pd, pu, dom0), _vid(nd, nu, dom0)))
     out = {}
     for cpu, vals in trip.items():
         h = hashlib.blake2b(digest_size=16)

@@ -99,7 +99,7 @@ class RunCfg(_M):
     )
     xentrace: bool = Field(
         False,
-        description="Write Xen's binary trace (what xentrace records: runstate changes, context switches, wakes, scheduler and hypercall records, TSC at 2 GHz) as xentrace.bin in the run directory (one xentrace.HOST.bin per host when there are several); xenalyze reads it.",
+        description="Write Xen's binary trace (what xentrace records: runstate changes, context switches, wakes, scheduler and hypercall records, TSC at 4 GHz) as xentrace.bin in the run directory (one xentrace.HOST.bin per host when there are several); xenalyze reads it.",
     )
 
 
