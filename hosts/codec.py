@@ -14,6 +14,8 @@ scheduler inserts the vCPU afresh, as Xen does).
 
 from __future__ import annotations
 
+from hosts.errors import RecordError as RecordError  # re-exported: defined apart so this module can be compiled
+
 import math
 from typing import Any, Iterable, Iterator
 
@@ -46,10 +48,6 @@ RECORD_NAMES = {
 
 #: Xen's MAX_BATCH_SIZE: at most this many pages per PAGE_DATA record.
 MAX_BATCH_PAGES = 1024
-
-
-class RecordError(ValueError):
-    """A record or stream that hvsim refuses, with a message naming what and why."""
 
 
 def _packb(obj: Any) -> bytes:

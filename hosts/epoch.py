@@ -31,6 +31,8 @@ process; the Ray backend's ports reach actors over shared memory. The protocol i
 
 from __future__ import annotations
 
+from hosts.errors import HostError as HostError  # re-exported: defined apart so this module can be compiled
+
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,10 +125,6 @@ class HostSpec:
             if pcpu in p.cpus:
                 return p
         raise HostError(f"host {self.name}: pCPU {pcpu} is in no pool")
-
-
-class HostError(RuntimeError):
-    pass
 
 
 def make_core(spec: HostSpec, pcpu: int, domains: dict[int, DomainInfo], memory: HostMemory | None, root_seed: int, start_ns: int) -> PcpuCore:

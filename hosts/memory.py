@@ -25,6 +25,8 @@ counted per pCPU (see ``hosts.paging``) for the same reason.
 
 from __future__ import annotations
 
+from hosts.errors import MemoryError_ as MemoryError_  # re-exported: defined apart so this module can be compiled
+
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -41,10 +43,6 @@ class PopulateResult(NamedTuple):
     done: int  # extents of the range now backed (from its start)
     taken: int  # frames taken from the cache
     short: int  # frames still needed (the cache ran dry)
-
-
-class MemoryError_(ValueError):
-    """A domain that does not fit, or another memory request the host refuses."""
 
 
 def _align(n: int, a: int = 64) -> int:

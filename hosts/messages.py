@@ -13,15 +13,13 @@ by type, and an item of a type it does not know raises (:class:`UnknownMessage`)
 
 from __future__ import annotations
 
+from hosts.errors import UnknownMessage as UnknownMessage  # re-exported: defined apart so this module can be compiled
+
 from typing import Any, NamedTuple, Union
 
 from hosts.sched.messages import Give
 from hosts.vcpu import VcpuState
 from hosts.wire import message
-
-
-class UnknownMessage(TypeError):
-    """An inbox item or outbox message of a kind the receiver does not handle."""
 
 
 #: a vCPU in transit between pCPUs: its record (between processes), or the object itself

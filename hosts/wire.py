@@ -13,6 +13,8 @@ registered classes of plain fields can be rebuilt, so nothing on the wire can ru
 
 from __future__ import annotations
 
+from hosts.errors import WireError as WireError  # re-exported: defined apart so this module can be compiled
+
 from typing import Any, Callable, TypeVar
 
 import msgpack
@@ -23,10 +25,6 @@ T = TypeVar("T")
 
 _BY_TAG: dict[str, Callable[..., Any]] = {}
 _TAG_OF: dict[type, str] = {}
-
-
-class WireError(ValueError):
-    """Bytes that are not a message this hvsim knows."""
 
 
 def message(cls: type[T]) -> type[T]:

@@ -24,6 +24,8 @@ known ones (never a silent default).
 
 from __future__ import annotations
 
+from hosts.errors import SchedulerError as SchedulerError  # re-exported: defined apart so this module can be compiled
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Protocol, Self, Sequence, TypeVar
 
@@ -39,11 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
 
 SumT = TypeVar("SumT")
-
-
-class SchedulerError(ValueError):
-    """A scheduler that cannot be used: unknown name, incomplete ops table, bad parameters,
-    or a message between its halves of a kind it does not know."""
 
 
 @dataclass(slots=True)
@@ -91,19 +88,21 @@ class SchedContext(Protocol):
 
 
 class UnitRecord:
-    """Per-unit scheduler data with ``__slots__`` that travels with its vCPU as a plain dict."""
+    """Per-unit scheduler data that travels with its vCPU as a plain dict of its ``FIELDS``.
+
+    Subclasses name their fields in ``FIELDS`` and use them as ``__slots__`` too (a compiled
+    native class has no ``__slots__`` attribute to read back, so the names live in ``FIELDS``)."""
 
     __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        names: tuple[str, ...] = self.__slots__
-        return {s: getattr(self, s) for s in names}
+        return {s: getattr(self, s) for s in self.FIELDS}
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Self:
         u = cls()
-        names: tuple[str, ...] = cls.__slots__
-        for s in names:
+        for s in cls.FIELDS:
             if s in d:
                 setattr(u, s, d[s])
         u.restored()

@@ -37,14 +37,13 @@ Deviations from Xen: a pCPU freed between boundaries picks up its waiter at the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from hosts.clock import NEVER
 from hosts.domain import DomainInfo
 from hosts.sched.affinity import NO_CPUS, balance_mask, dom_affinity, has_soft_affinity
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, UnitRecord, register, unknown
+from hosts.sched.null_params import NullParams
 from hosts.sched.messages import GiveFailed, Instruction, NullAssign, NullSend, NullSummary, NullView, PoolMsg, StealRequest
 from hosts.vcpu import make_vid, vid_idx
 
@@ -54,18 +53,11 @@ if TYPE_CHECKING:  # pragma: no cover
 Out = dict[int, list[Instruction]]
 
 
-class NullParams(BaseModel):
-    """Parameters of the null scheduler (it has none beyond its name, as in Xen)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["null"] = Field("null", description="Scheduler name.")
-
-
 class NullUnit(UnitRecord):
     """Per-unit data (``struct null_unit``): where a pending send takes the vCPU."""
 
-    __slots__ = ("target",)
+    FIELDS = ("target",)
+    __slots__ = FIELDS
 
     def __init__(self, target: int = -1) -> None:
         self.target = target

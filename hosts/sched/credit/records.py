@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class CreditVcpu(UnitRecord):
     """Per-unit data (Xen's ``struct csched_unit``); travels with the vCPU inside a host."""
 
-    __slots__ = ("pri", "credit", "residual", "start_time", "flags", "last_sched_time", "active")
+    FIELDS = ("pri", "credit", "residual", "start_time", "flags", "last_sched_time", "active")
+    __slots__ = FIELDS
 
     def __init__(self) -> None:
         self.pri = PRI_UNDER

@@ -20,7 +20,7 @@ difference replaces it). A vCPU moved by the balancer is left alone until it arr
 from __future__ import annotations
 
 from hosts.sched.affinity import cycle
-from hosts.sched.base import PoolScheduler
+from hosts.sched.credit2.caps import Credit2PoolBudget
 from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, Credit2Params
 from hosts.sched.credit2.records import Credit2Runqueue, load_update, svc_load_at
 from hosts.sched.messages import Credit2RqMigrate, Credit2Summary, Instruction
@@ -28,8 +28,9 @@ from hosts.sched.messages import Credit2RqMigrate, Credit2Summary, Instruction
 Out = dict[int, list[Instruction]]
 
 
-class Credit2Balancer(PoolScheduler[Credit2Summary]):
-    """Load tracking and the balancer of the pool half."""
+class Credit2Balancer(Credit2PoolBudget):
+    """Load tracking and the balancer of the pool half (over the caps' budget half: one line of
+    inheritance, as a compiled native class needs)."""
 
     params: Credit2Params
     rqs: list[Credit2Runqueue]

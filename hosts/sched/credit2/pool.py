@@ -28,7 +28,6 @@ from hosts.domain import DomainInfo
 from hosts.sched.affinity import cycle
 from hosts.sched.base import unknown
 from hosts.sched.credit2.balance import Credit2Balancer
-from hosts.sched.credit2.caps import Credit2PoolBudget
 from hosts.sched.credit2.params import CREDIT_INIT, IDLE_CREDIT, LOADAVG_GRANULARITY_SHIFT, PULL, Credit2Params
 from hosts.sched.credit2.records import Credit2Dom, Credit2Runqueue, extrapolate, is_preemptable, may_take, res_pick, runqueue_map
 from hosts.sched.messages import (
@@ -54,7 +53,7 @@ Out = dict[int, list[Instruction]]
 Queued = tuple[int, int, int, int, int]
 
 
-class Credit2Pool(Credit2Balancer, Credit2PoolBudget):
+class Credit2Pool(Credit2Balancer):
     """Pool-wide data (``struct csched2_private``): runqueues, domains, and the work that
     needs the shared runqueue (see the package comment)."""
 

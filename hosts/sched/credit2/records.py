@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class Credit2Unit(UnitRecord):
     """Per-unit data (``struct csched2_unit``); travels with the vCPU inside a host."""
 
-    __slots__ = (
+    FIELDS = (
         "credit",
         "residual",
         "flags",
@@ -45,6 +45,7 @@ class Credit2Unit(UnitRecord):
         "migrate_cpu",
         "on_runq",
     )
+    __slots__ = FIELDS
 
     def __init__(self) -> None:
         self.credit = CREDIT_INIT

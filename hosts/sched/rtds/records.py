@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class RtdsUnit(UnitRecord):
     """Per-unit data (``struct rt_unit``); travels with the vCPU between pCPUs."""
 
-    __slots__ = ("period", "budget", "cur_budget", "last_start", "cur_deadline", "level", "flags", "on_q", "on_replq")
+    FIELDS = ("period", "budget", "cur_budget", "last_start", "cur_deadline", "level", "flags", "on_q", "on_replq")
+    __slots__ = FIELDS
 
     def __init__(self, period: int = DEFAULT_PERIOD_US * US, budget: int = DEFAULT_BUDGET_US * US, extratime: bool = True) -> None:
         self.period = period
