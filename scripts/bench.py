@@ -6,6 +6,7 @@ in the ratios. Scenarios are the configs in configs/bench/ (one per file, named 
     python scripts/bench.py --quick         # short runs (CI smoke; no figures are asserted)
     python scripts/bench.py --json          # machine-readable
     python scripts/bench.py -s small -s cpu # some scenarios
+    python scripts/bench.py --scaling       # 1, 2, 4, 8, 16 hosts of 4 pCPUs, inline and Ray
 
 Per scenario: simulated seconds per wall second on inline and on Ray and their ratio,
 scheduler events per wall second (inline), epoch boundaries per simulated second, Ray
@@ -13,6 +14,11 @@ start-up time apart from the run (ray.init + building the cluster: actors, domai
 driver and of one pCPU actor, and for migrations the total time, downtime, data sent and the
 run's wall time. Variants (VARIANTS below) run a scenario file with overrides: the default
 scheduler, the other pre-copy policies. A figure that does not apply is null.
+
+``--scaling`` runs one cluster per size (1, 2, 4, 8, 16 hosts of 4 pCPUs, each host with the
+"mixed" scenario's host0 guests) on each backend and prints wall seconds per simulated second
+per pCPU: flat means the cost is linear in the cluster's size. The table's header says which
+engine ran (mypyc-compiled or pure Python: ``hosts.COMPILED``).
 """
 
 from __future__ import annotations
@@ -143,10 +149,91 @@ def run_one(path: Path, backend: str, duration_ms: float | None, extra: list[str
     return run_loaded(cfg, resolved, backend=backend, write=False, probe=actor_probe if backend == "ray" else None)
 
 
+def machine() -> dict:
+    import hosts
+
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "engine": "compiled (mypyc)" if hosts.COMPILED else "pure Python"}
+
+
+SCALING_HOSTS = (1, 2, 4, 8, 16)
+
+
+def scaling_doc(n_hosts: int, sim_ms: float) -> dict:
+    """``n_hosts`` copies of the mixed scenario's first host (4 pCPUs, Domain-0 with 2 vCPUs,
+    a CPU hog, split-driver I/O clients and periodic tasks, 12 guest vCPUs)."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "configs" / "bench" / "mixed.yaml").read_text())
+    host = base["hosts"][0]
+    guests = [d for d in base["domains"] if d["host"] == host["name"]]
+    doc = {"run": {**base["run"], "duration_ms": sim_ms}, "hosts": [], "domains": []}
+    for i in range(n_hosts):
+        doc["hosts"].append({**host, "name": f"host{i}"})
+        doc["domains"] += [{**d, "name": f"{d['name']}h{i}", "host": f"host{i}"} for d in guests]
+    return doc
+
+
+def scaling(quick: bool, backends: list[str]) -> dict:
+    from cluster.config import resolved_doc, validate_doc
+    from cluster.raysession import RaySession
+
+    sim_ms = 200.0 if quick else 1000.0
+    out: dict = {"machine": machine(), "sim_s": sim_ms / 1000.0, "rows": []}
+    session = RaySession().start() if "ray" in backends else None
+    try:
+        warm = validate_doc(scaling_doc(1, 50.0), "<scaling warm-up>")
+        for be in backends:  # imports, first actors and caches are paid here, not by the 1-host row
+            run_loaded(warm, resolved_doc(warm), backend=be, write=False)
+        for n in SCALING_HOSTS:
+            cfg = validate_doc(scaling_doc(n, sim_ms), f"<scaling {n} hosts>")
+            pcpus = sum(h.pcpus for h in cfg.hosts)
+            row: dict = {"hosts": n, "pcpus": pcpus}
+            digests = {}
+            for be in backends:
+                r = run_loaded(cfg, resolved_doc(cfg), backend=be, write=False)
+                w = r.summary["sim_wall_s"]
+                row[f"{be}_wall_s"] = round(w, 3)
+                row[f"{be}_us_per_sim_ms_per_pcpu"] = round(w / (sim_ms / 1000.0) / pcpus * 1000.0, 2)
+                digests[be] = r.summary["trace_digest"]
+            if len(digests) == 2:
+                row["ray_over_inline"] = round(row["inline_wall_s"] / row["ray_wall_s"], 3)
+                row["digests_equal"] = digests["inline"] == digests["ray"]
+            out["rows"].append(row)
+    finally:
+        if session is not None:
+            session.close()
+    first = out["rows"][0]
+    for row in out["rows"]:
+        for be in backends:
+            row[f"{be}_vs_1_host"] = round(row[f"{be}_us_per_sim_ms_per_pcpu"] / first[f"{be}_us_per_sim_ms_per_pcpu"], 3)
+    return out
+
+
+def print_scaling(res: dict, backends: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = res["machine"]
+    t = Table(title=f"hvsim scaling: {res['sim_s']} simulated s per cluster ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine)")
+    cols = ["hosts", "pcpus"]
+    for be in backends:
+        cols += [f"{be}_wall_s", f"{be}_us_per_sim_ms_per_pcpu", f"{be}_vs_1_host"]
+    if len(backends) == 2:
+        cols += ["ray_over_inline", "digests_equal"]
+    heads = {"hosts": "hosts", "pcpus": "pCPUs", "ray_over_inline": "ray speed / inline", "digests_equal": "digests equal"}
+    for c in cols:
+        be, _, rest = c.partition("_")
+        label = heads.get(c) or f"{be}: " + {"wall_s": "wall s", "us_per_sim_ms_per_pcpu": "wall us per sim ms per pCPU", "vs_1_host": "per-pCPU cost vs 1 host"}[rest]
+        t.add_column(label, justify="right")
+    for row in res["rows"]:
+        t.add_row(*[str(row.get(c, "-")) for c in cols])
+    Console(width=160).print(t)
+
+
 def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) -> dict:
     from cluster.raysession import RaySession
 
-    out: dict = {"scenarios": {}, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    out: dict = {"scenarios": {}, "machine": machine()}
     session = None
     ray_init_s = None
     if "ray" in backends:
@@ -221,7 +308,8 @@ def print_table(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"hvsim bench ({res['machine']['cpus']} CPUs, Python {res['machine']['python']})")
+    m = res["machine"]
+    t = Table(title=f"hvsim bench ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine)")
     t.add_column("figure")
     names = list(res["scenarios"])
     for n in names:
@@ -238,7 +326,17 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--backend", action="append", choices=["inline", "ray"], help="default both")
     ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
+    ap.add_argument("--scaling", action="store_true", help="the scaling table (1 to 16 hosts of 4 pCPUs) instead of the scenarios")
     a = ap.parse_args()
+    if a.scaling:
+        backends = a.backend or ["inline", "ray"]
+        with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+            sres = scaling(a.quick, backends)
+        if a.json:
+            print(json.dumps(sres, indent=2))
+        else:
+            print_scaling(sres, backends)
+        return 0
     names = a.scenario or scenario_names()
     unknown = [n for n in names if n not in scenario_names()]
     if unknown:
