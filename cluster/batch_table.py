@@ -15,6 +15,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 from cluster.results import OutputError, RunDir, atomic_write, csv_text
 from cluster.batch_wire import FAILED, OK, PENDING, Outcome, Status, TrialOutcome
 from cluster.sweep import Sweep, Trial, spec_for_batch_dir
+from cluster.traces import traces_read
 
 if TYPE_CHECKING:
 
@@ -159,7 +160,10 @@ class BatchDir:
                 p.unlink(missing_ok=True)
 
     def write_spec(self, sweep: Sweep) -> None:
-        atomic_write(self.root / "base.yaml", sweep.base_path.read_text())
+        text = sweep.base_path.read_text()
+        if traces_read(sweep.base_doc):  # trace files were read into the base: keep what was read
+            text = yaml.safe_dump(sweep.base_doc, sort_keys=False)
+        atomic_write(self.root / "base.yaml", text)
         atomic_write(self.root / "sweep.yaml", spec_for_batch_dir(sweep))
 
     def state(self, trial: Trial) -> tuple[Status, Row]:

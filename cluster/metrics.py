@@ -130,6 +130,9 @@ def build_summary(
             entry["destroyed"] = True
         if lost and d.uid in lost:
             entry["lost_ns"] = lost[d.uid]
+        sla = sla_entry(counters, uid, d.workloads)
+        if sla is not None:
+            entry["sla"] = sla
         domains.append(entry)
     all_stays = [x for v in hv_stays.values() for x in v]
     hv = percentiles_us(all_stays)
@@ -153,7 +156,57 @@ def build_summary(
     }
     if extra:
         summary.update(extra)
+    if "hosts_active" in summary or any("sla" in d for d in domains):
+        summary["cluster"] = cluster_metrics(summary)
     return summary
+
+
+def sla_entry(counters: dict[str, int], uid: int, workloads: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A trace-driven domain's SLA figures (hosts/tracewl.py): slots resolved, late ones, the
+    violation time (late slots x slot length) and its share, CPU work demanded and unmet."""
+    slots = counters.get(f"sla.{uid}.slots")
+    if slots is None:
+        return None
+    late = counters.get(f"sla.{uid}.late", 0)
+    slot_ns = [int(round(float(w.get("slot_ms", 10.0)) * 1e6)) for w in workloads if w.get("kind") == "trace"]
+    per_slot = slot_ns[0] if slot_ns and len(set(slot_ns)) == 1 else None
+    demand = counters.get(f"sla.{uid}.demand_ns", 0)
+    unmet = counters.get(f"sla.{uid}.unmet_ns", 0)
+    return {
+        "slots": slots,
+        "late_slots": late,
+        "violation_ns": late * per_slot if per_slot is not None else None,
+        "violation_share": round(late / slots, 6) if slots else 0.0,
+        "demand_ns": demand,
+        "unmet_ns": unmet,
+        "unmet_share": round(unmet / demand, 6) if demand else 0.0,
+    }
+
+
+def cluster_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The cluster's headline figures: migrations by outcome and their total downtime, the SLA
+    violation share over all trace-driven domains, energy, hosts switched on."""
+    migs = summary.get("migrations") or []
+    by = {k: sum(1 for m in migs if m.get("status") == k) for k in ("completed", "aborted", "refused", "running")}
+    slas = [d["sla"] for d in summary["domains"] if "sla" in d]
+    slots = sum(s["slots"] for s in slas)
+    late = sum(s["late_slots"] for s in slas)
+    power = summary.get("power") or {}
+    active = summary.get("hosts_active") or {}
+    return {
+        "migrations_started": len(migs) - by["refused"],
+        "migrations_completed": by["completed"],
+        "migrations_aborted": by["aborted"],
+        "migrations_refused": by["refused"],
+        "migrations_running": by["running"],
+        "migration_downtime_ms": round(sum(m.get("downtime_ms") or 0.0 for m in migs), 6),
+        "sla_violation_share": round(late / slots, 6) if slots else None,
+        "sla_domains_violating": sum(1 for s in slas if s["late_slots"]),
+        "energy_j": power.get("energy_j"),
+        "energy_kwh": power.get("energy_kwh"),
+        "hosts_active_mean": active.get("mean"),
+        "hosts_active_final": active.get("final"),
+    }
 
 
 def vcpu_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

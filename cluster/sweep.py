@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.config import NAME_PATTERN, ConfigError, load_doc, resolved_doc, config_digest, validate_doc
 from cluster.paths import PathError, expand, set_path
+from cluster.traces import resolve_trace_files
 from hosts.rng import derive_seed
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
@@ -138,7 +139,7 @@ def load_sweep(path: str | Path) -> Sweep:
     base_path = base if base.is_absolute() else p.parent / base
     if not base_path.exists():
         raise ConfigError(str(path), "base", f"{base_path}: file not found (the base is relative to the sweep file)")
-    return Sweep(spec, str(path), base_path, load_doc(base_path))
+    return Sweep(spec, str(path), base_path, resolve_trace_files(load_doc(base_path), base_path.parent, str(base_path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +327,8 @@ def plan_sweep(path: str | Path) -> tuple[Sweep, list[Trial]]:
     """Load, expand and validate: the whole decision of what a batch runs."""
     sweep = load_sweep(path)
     trials = expand_sweep(sweep.spec, sweep.base_doc, sweep.file)
+    # a trace path the sweep sets is read here, relative to the base (the base's own are read)
+    trials = [replace(t, doc=resolve_trace_files(t.doc, sweep.base_path.parent, sweep.file)) for t in trials]
     return sweep, validate_trials(trials, sweep.file)
 
 

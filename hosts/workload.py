@@ -753,3 +753,6 @@ def make_workload(dom: DomainInfo, idx: int, cache: dict[tuple[int, int], Worklo
         wl = cls(params_cls.model_validate(spec), dom, idx)
         cache[key] = wl
     return wl
+
+
+from hosts import tracewl as _tracewl  # noqa: E402,F401  registers the trace-driven workload ("trace")

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 import hosts.sched as sched_registry
 from hosts.clock import MS
 from hosts.domain import mib_to_pages
+from hosts.tracewl import TraceParams
 from hosts.workload import MAX_SPAN_NS
 
 from cluster.config.schema import ClusterConfig, DomainCfg, HostCfg, PinAction, PoolMoveAction, SetAction
@@ -123,9 +124,24 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
         if e.at_ms > cfg.run.duration_ms:
             raise ConfigError(file, f"events[{i}].at_ms", f"{e.at_ms} is after the end of the run ({cfg.run.duration_ms} ms)")
     check_memory(cfg, file)
+    check_experiments(cfg, file)
     from cluster.config.cost import check_cost
 
     check_cost(cfg, file)
+
+
+def check_experiments(cfg: ClusterConfig, file: str) -> None:
+    """Trace files read (a document given directly carries its samples)."""
+    for d in cfg.domains:
+        wls = [("workload", d.workload)] if d.workload is not None else []
+        wls += [(f"vcpu_workloads[{i}]", w) for i, w in enumerate(d.vcpu_workloads or [])]
+        for where, w in wls:
+            if isinstance(w, TraceParams) and w.path is not None:
+                raise ConfigError(
+                    file,
+                    f"domains[{d.name}].{where}.path",
+                    "the trace file was not read: trace files are read when a config file is loaded (hvsim run / validate / batch); a document given directly must carry 'samples' or 'cpu_pct'",
+                )
 
 
 def check_sched_steps(sched: Any, where: str, file: str) -> None:

@@ -7,7 +7,7 @@ and counts:
 
 * per guest vCPU, its workload's cycle (a periodic task's period, an I/O guest's mean think
   plus burst time, a memory writer's quantum, a fork-like iteration's length with its paging
-  costs), times the events one cycle takes (compute, hypercalls, timer, wake), plus the pages
+  costs, a trace-driven guest's slot), times the events one cycle takes (compute, hypercalls, timer, wake), plus the pages
   one cycle writes (each counted as :data:`PAGE_WRITE_EVENTS` of an event);
 * per pCPU, its scheduler's timers (Credit's tick and timeslice, Credit2's shortest timer,
   RTDS's replenishments and budget ends per vCPU, ARINC653's minor frames);
@@ -29,6 +29,7 @@ from hosts.clock import MS, US
 from hosts.domain import mib_to_pages
 from hosts.memory import buffer_size
 from hosts.paging import PAGE_4K
+from hosts.tracewl import TraceParams
 from hosts.workload import (
     BalloonParams,
     CpuParams,
@@ -112,6 +113,11 @@ def _workload_rate(w: Any, d: DomainCfg, h: HostCfg) -> tuple[float, str]:
         return _rate(8, w.think_us * US + w.service_us * US), f"io_client: a request every {w.think_us:g} + {w.service_us:g} us"
     if isinstance(w, PingPongParams):
         return _rate(6, w.think_us * US), f"pingpong: a round every {w.think_us:g} us"
+    if isinstance(w, TraceParams):
+        # a slot: compute, set_timer, block, wake (at most: a busy slot); pages at full demand
+        slot_ns = w.slot_ms * MS
+        pages = w.dirty_mb_s * 1e6 / PAGE_4K * slot_ns / 1e9
+        return _rate(4 + pages * page, slot_ns), f"trace: a slot of work every {w.slot_ms:g} ms"
     return 0.0, ""
 
 

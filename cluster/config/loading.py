@@ -2,7 +2,8 @@
 
 ``load_config`` turns a file (plus overrides) into a validated :class:`ClusterConfig` or raises
 :class:`cluster.errors.ConfigError` naming the file, the field and what is allowed; the
-cross-field rules are in ``checks``.
+cross-field rules are in ``checks``. Files a config names are read here, relative to it (xl
+domain files, trace files: ``cluster/traces.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cluster.config.schema import ClusterConfig
 from cluster.config.yamlsafe import MAX_FILE_BYTES, DocError, YamlLimitError, check_plain, load_yaml
 from cluster.errors import ConfigError
 from cluster.paths import PathError, parse_assignment, set_path
+from cluster.traces import resolve_trace_files
 from cluster.xlcfg import resolve_domains as resolve_xl_domains
 
 
@@ -228,6 +230,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, seed: int 
     doc = load_doc(path)
     doc = resolve_xl_domains(doc, Path(path).parent, str(path))  # domains given by xl.cfg files
     doc = apply_overrides(doc, overrides or [], str(path))
+    doc = resolve_trace_files(doc, Path(path).parent, str(path))  # trace workloads' files, read once
     if seed is not None:
         doc = set_path(doc, "run.seed", seed) if "run" in doc else {**doc, "run": {"seed": seed}}
     cfg = validate_doc(doc, str(path))
