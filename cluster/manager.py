@@ -23,6 +23,7 @@ from cluster.config import Plan, TimedEvent
 from cluster.config.schema import (
     CutLinkAction,
     DestroyAction,
+    EvacuateAction,
     FailHostAction,
     MigrateAction,
     PauseAction,
@@ -36,6 +37,7 @@ from cluster.errors import HostLost, ManagerError, RunIncomplete
 from cluster.hostclient import HostClient, Pending
 
 if TYPE_CHECKING:
+    from cluster.control import ControlLoop
     from cluster.migration import Migration
 from cluster.network import Network
 
@@ -62,6 +64,11 @@ class DomainManager:
         self.migrations: list[Migration] = []
         self.host_stats: dict[str, dict[str, Any]] = {}
         self._mig_seq = 0
+        self.control: ControlLoop | None = None  # policies, power, evacuations (cluster/control.py)
+        if plan.control:
+            from cluster.control import ControlLoop
+
+            self.control = ControlLoop(self, plan)
 
     # --- talking to hosts ----------------------------------------------------------------------
     def gather(self, futs: dict[str, Pending[T]]) -> dict[str, T]:
@@ -138,6 +145,8 @@ class DomainManager:
         t = self.events[0].at_ns if self.events else NEVER
         for a in self.activities:
             t = min(t, a.next_ns())
+        if self.control is not None:
+            t = min(t, self.control.next_ns())
         return t
 
     def run_until(self, t_end: int, progress: Callable[[int], None] | None = None) -> None:
@@ -162,13 +171,16 @@ class DomainManager:
     def _act(self) -> None:
         while self.events and self.events[0].at_ns <= self.now:
             ev = self.events.pop(0)
-            if isinstance(ev.action, (FailHostAction, CutLinkAction, RestoreLinkAction)):
+            if isinstance(ev.action, (FailHostAction, CutLinkAction, RestoreLinkAction, EvacuateAction)):
                 self.apply_cluster_event(ev)
             else:
                 self.apply_event(ev)
         progressed = True
         while progressed:  # an activity may have more to do at this same instant
             progressed = False
+            if self.control is not None and self.control.next_ns() <= self.now:
+                self.control.step(self.now)
+                progressed = True
             for a in list(self.activities):
                 if not a.done and a.next_ns() <= self.now:
                     a.step(self.now)
@@ -178,7 +190,7 @@ class DomainManager:
 
     def apply_event(self, ev: TimedEvent) -> None:
         act = ev.action
-        if isinstance(act, (FailHostAction, CutLinkAction, RestoreLinkAction)):
+        if isinstance(act, (FailHostAction, CutLinkAction, RestoreLinkAction, EvacuateAction)):
             raise ManagerError(f"event {ev.kind!r} is not a domain event")
         name = act.domain
         uid = self.uid(name)
@@ -230,6 +242,11 @@ class DomainManager:
             for m in list(self.activities):
                 if m.fid in broken:
                     m.abort(self.now, f"link {act.a}-{act.b} cut")
+        elif isinstance(act, EvacuateAction):
+            entry["host"] = act.host
+            if self.control is None:
+                raise ManagerError("evacuate needs the control loop (the plan has none)")
+            self.control.evacuate(act.host, act.policy, self.now, entry)
         else:
             raise ManagerError(f"event {ev.kind!r} is not a cluster event")
         self.log.append(entry)
@@ -268,6 +285,8 @@ class DomainManager:
 
     def migration_done(self, m: "Migration") -> None:
         self.log.append({"at_ns": self.now, "event": f"migration {m.out.status}", "domain": m.out.domain, "host": m.dst, "detail": m.out.stop_reason or m.out.reason})
+        if self.control is not None:
+            self.control.wake(self.now)  # a pending evacuation may go on
 
     def state(self) -> dict[str, Any]:
         """What the run's outputs need from the toolstack (plain data)."""
@@ -283,7 +302,7 @@ class DomainManager:
         from dataclasses import asdict
 
         stats = self.host_stats
-        return {
+        out = {
             "boundaries": sum(s["boundaries"] for s in stats.values()),
             "rounds": sum(s["rounds"] for s in stats.values()),
             "hosts": stats,
@@ -292,14 +311,19 @@ class DomainManager:
             "lost_hosts": dict(self.lost_hosts),
             "lost_domains": {u: t for u, t in self.lost.items()},
         }
+        if self.control is not None:
+            out.update(self.control.summary())
+        return out
 
     def extra_files(self) -> dict[str, Any]:
-        return {}
+        return self.control.files() if self.control is not None else {}
 
     def finish(self) -> dict[str, list[PcpuReport]]:
         """Close every host's books (a failed host's at the instant it failed; a lost host has
         none); returns per host the pCPU reports."""
         alive = {name: h for name, h in self.hosts.items() if name not in self.lost_hosts}
+        if self.control is not None and not self.lost_hosts:
+            self.control.finish(self.now)  # the last period's utilisation and energy
         stats = {name: self.ask(name, h.stats()) for name, h in alive.items()}
         for name, t in self.failed.items():
             if name in stats:

@@ -131,7 +131,8 @@ def check_config(cfg: ClusterConfig, file: str) -> None:
 
 
 def check_experiments(cfg: ClusterConfig, file: str) -> None:
-    """Trace files read (a document given directly carries its samples)."""
+    """Trace files read, policies and power sections that fit together and name known hosts."""
+    hosts = [h.name for h in cfg.hosts]
     for d in cfg.domains:
         wls = [("workload", d.workload)] if d.workload is not None else []
         wls += [(f"vcpu_workloads[{i}]", w) for i, w in enumerate(d.vcpu_workloads or [])]
@@ -142,6 +143,22 @@ def check_experiments(cfg: ClusterConfig, file: str) -> None:
                     f"domains[{d.name}].{where}.path",
                     "the trace file was not read: trace files are read when a config file is loaded (hvsim run / validate / batch); a document given directly must carry 'samples' or 'cpu_pct'",
                 )
+    pol = cfg.policies
+    if pol is not None:
+        c = pol.consolidation
+        if c is not None:
+            if c.lower >= c.upper:
+                raise ConfigError(file, "policies.consolidation.lower", f"{c.lower:g} is not below upper ({c.upper:g}); a host is underloaded below lower and overloaded above upper")
+            if c.min_history > c.history:
+                raise ConfigError(file, "policies.consolidation.min_history", f"{c.min_history} exceeds history ({c.history}), the samples kept")
+            if pol.load_balance is not None:
+                raise ConfigError(file, "policies.load_balance", "consolidation packs hosts and load balancing spreads them: enable one of the two")
+    if cfg.power is not None:
+        for name in cfg.power.hosts:
+            if name not in hosts:
+                raise ConfigError(file, f"power.hosts.{name}", f"unknown host {name!r}; hosts: {', '.join(hosts)}")
+    if len(cfg.hosts) < 2 and pol is not None and (pol.consolidation is not None or pol.load_balance is not None):
+        raise ConfigError(file, "policies", "consolidation and load balancing move domains between hosts: the cluster needs at least two")
 
 
 def check_sched_steps(sched: Any, where: str, file: str) -> None:

@@ -3,7 +3,8 @@
 ``load_config`` turns a file (plus overrides) into a validated :class:`ClusterConfig` or raises
 :class:`cluster.errors.ConfigError` naming the file, the field and what is allowed; the
 cross-field rules are in ``checks``. Files a config names are read here, relative to it (xl
-domain files, trace files: ``cluster/traces.py``).
+domain files, trace files: ``cluster/traces.py``), and domains with ``host: auto`` are placed
+by the placement policy in ``validate_doc``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cluster.config.schema import ClusterConfig
 from cluster.config.yamlsafe import MAX_FILE_BYTES, DocError, YamlLimitError, check_plain, load_yaml
 from cluster.errors import ConfigError
 from cluster.paths import PathError, parse_assignment, set_path
+from cluster.policies import place_auto
 from cluster.traces import resolve_trace_files
 from cluster.xlcfg import resolve_domains as resolve_xl_domains
 
@@ -221,6 +223,7 @@ def validate_doc(doc: dict[str, Any], file: str = "<config>") -> ClusterConfig:
         raise ConfigError(file, fld, msg) from None
     except ArithmeticError as exc:  # a model's own check computing with an extreme value
         raise ConfigError(file, None, f"a value is out of range ({exc.__class__.__name__}: {exc})") from None
+    cfg = place_auto(cfg, file)  # domains with host: auto
     check_config(cfg, file)
     return cfg
 

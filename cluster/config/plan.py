@@ -12,7 +12,9 @@ from hosts.domain import DomainInfo, mib_to_pages
 from hosts.epoch import HostSpec, PoolSpec
 
 from cluster.config.checks import _affinity_lists, check_domain_sched
-from cluster.config.schema import Action, ClusterConfig, HostCfg, LinkCfg, MigrationCfg, RunCfg
+from cluster.config.schema import Action, ClusterConfig, EvacuateAction, HostCfg, LinkCfg, MigrationCfg, RunCfg
+from cluster.policies import PoliciesCfg
+from cluster.power import PowerCfg
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,10 @@ class Plan:
     net_default_latency_us: float = 100.0
     nics: dict[str, float] = field(default_factory=dict)
     migration_defaults: MigrationCfg = field(default_factory=MigrationCfg)
+    policies: PoliciesCfg | None = None
+    power: PowerCfg | None = None
+    #: the domain manager runs its control loop (cluster/control.py): policies, power or evacuations
+    control: bool = False
 
 
 def host_spec(h: HostCfg | dict[str, Any], run: RunCfg | dict[str, Any]) -> HostSpec:
@@ -153,4 +159,7 @@ def build_plan(cfg: ClusterConfig) -> Plan:
         net_default_latency_us=cfg.network.default_latency_us,
         nics={h.name: h.nic_mbit_s for h in cfg.hosts if h.nic_mbit_s},
         migration_defaults=cfg.migration,
+        policies=cfg.policies,
+        power=cfg.power,
+        control=cfg.policies is not None or cfg.power is not None or any(isinstance(e.action, EvacuateAction) for e in events),
     )

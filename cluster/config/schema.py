@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import hosts.sched as sched_registry
 from hosts.workload import MAX_MIB, MAX_SPAN_NS, MIN_STEP_NS, WORKLOADS, StepMs, StepUs, TimeMs, TimeUs
 
+from cluster.policies import PoliciesCfg
+from cluster.power import PowerCfg
+
 
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -178,7 +181,7 @@ Affinity = Union[list[int], list[list[int]]]
 
 class DomainCfg(_M):
     name: str = Field(pattern=NAME_PATTERN, description="Domain name, unique in the cluster.")
-    host: str = Field(description="Name of the host the domain starts on.")
+    host: str = Field(description="Name of the host the domain starts on, or auto: the host the placement policy (policies.placement) picks when the config is loaded.")
     pool: Optional[str] = Field(None, description="cpupool of the host (default: the first).")
     vcpus: int = Field(1, ge=1, le=512, description="Number of vCPUs.")
     mem_mib: int = Field(256, ge=1, le=MAX_MIB, description="Guest memory in MiB.")
@@ -239,6 +242,11 @@ class MigrateAction(MigrationOverrides):
     policy: Literal["xen", "xen-legacy", "downtime-target"] = Field("xen", description="Pre-copy policy.")
 
 
+class EvacuateAction(_M):
+    host: str = Field(description="Host to empty: every domain on it is live-migrated elsewhere (power-aware best fit, within the policies' concurrency limits), and it takes no domain afterwards.")
+    policy: Literal["xen", "xen-legacy", "downtime-target"] = Field("xen", description="Pre-copy policy of the migrations.")
+
+
 class PoolMoveAction(_M):
     domain: str = Field(description="Domain to move.")
     pool: str = Field(description="Destination cpupool of the same host (xl cpupool-migrate).")
@@ -291,7 +299,9 @@ class DestroyAction(DomainAction):
 
 
 #: what one timed event does: exactly one of these (the field of EventCfg that names it)
-Action = Union[PinAction, SetAction, PauseAction, UnpauseAction, DestroyAction, MigrateAction, PoolMoveAction, FailHostAction, CutLinkAction, RestoreLinkAction]
+Action = Union[
+    PinAction, SetAction, PauseAction, UnpauseAction, DestroyAction, MigrateAction, PoolMoveAction, FailHostAction, CutLinkAction, RestoreLinkAction, EvacuateAction
+]
 
 
 class EventCfg(_M):
@@ -306,6 +316,7 @@ class EventCfg(_M):
     fail_host: Optional[FailHostAction] = Field(None, description="The host crashes: its domains are lost, migrations to or from it abort.")
     cut_link: Optional[CutLinkAction] = Field(None, description="The link between two hosts goes down: transfers on it fail.")
     restore_link: Optional[RestoreLinkAction] = Field(None, description="The link comes back.")
+    evacuate: Optional[EvacuateAction] = Field(None, description="Migrate every domain off a host (maintenance); it takes no domain afterwards.")
 
     def action(self) -> tuple[str, Action]:
         """(the field's name, its action); the schema makes sure there is exactly one."""
@@ -316,7 +327,7 @@ class EventCfg(_M):
         raise ValueError("event without an action")
 
 
-ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "move_pool", "fail_host", "cut_link", "restore_link")
+ACTIONS = ("pin", "set", "pause", "unpause", "destroy", "migrate", "move_pool", "fail_host", "cut_link", "restore_link", "evacuate")
 
 
 class ClusterConfig(_M):
@@ -327,6 +338,10 @@ class ClusterConfig(_M):
     network: NetworkCfg = Field(default_factory=NetworkCfg, description="Defaults for links between hosts.")
     links: list[LinkCfg] = Field(default_factory=list, description="Links between pairs of hosts (others get the network's defaults).")
     migration: MigrationCfg = Field(default_factory=MigrationCfg, description="Defaults for migrate events.")
+    policies: Optional[PoliciesCfg] = Field(
+        None, description="Placement (host: auto), consolidation and load balancing by live migration, run by the domain manager every run.control_period_ms."
+    )
+    power: Optional[PowerCfg] = Field(None, description="Host power model and energy accounting (summary.json power, power.csv), every run.control_period_ms.")
 
     @field_validator("events")
     @classmethod
