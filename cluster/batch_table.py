@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 METRIC_FAMILIES = ("cpu_pct.", "wake_p50_us.", "wake_p99_us.")
 MIGRATION_COLUMNS = {"mig_total_ms": "total_ms", "mig_downtime_ms": "downtime_ms", "mig_bytes_sent": "bytes_sent", "mig_rounds": "rounds", "mig_status": "status"}
 TAIL_COLUMNS = ["wall_s", "trial_wall_s", "trace_digest", "config_digest"]
+#: the cluster's figures (summary.json ``cluster``), first among the metrics where a run has them
+CLUSTER_COLUMNS = {
+    "migrations": "migrations_started",
+    "migrations_completed": "migrations_completed",
+    "migrations_aborted": "migrations_aborted",
+    "mig_downtime_total_ms": "migration_downtime_ms",
+    "sla_violation_pct": "sla_violation_share",
+    "energy_kwh": "energy_kwh",
+    "hosts_active_mean": "hosts_active_mean",
+}
 
 Cell = Union[str, int, float, bool, None]  # lists and mappings are JSON text in a cell
 Row = dict[str, Cell]  # one trial's line of results.csv; metric columns depend on the config
@@ -37,6 +47,11 @@ def headline_metrics(summary: Mapping[str, Any]) -> dict[str, Cell]:
     """The headline metrics of a run summary, as flat columns (guest domains only)."""
     doms = [d for d in summary.get("domains", []) if not d.get("dom0")]
     m: dict[str, Cell] = {}
+    cl = summary.get("cluster")
+    if isinstance(cl, Mapping):
+        for col, key in CLUSTER_COLUMNS.items():
+            v = cl.get(key)
+            m[col] = round(100.0 * v, 6) if col == "sla_violation_pct" and isinstance(v, (int, float)) else v
     for d in doms:
         m[f"cpu_pct.{d['name']}"] = d.get("cpu_pct")
     for key in ("p50", "p99"):
@@ -78,6 +93,8 @@ def table_columns(rows: Sequence[Row], params: list[str]) -> list[str]:
                 seen[k] = len(seen)
 
     def rank(k: str) -> tuple[int, int]:
+        if k in CLUSTER_COLUMNS:
+            return -1, list(CLUSTER_COLUMNS).index(k)
         fam = next((i for i, f in enumerate(METRIC_FAMILIES) if k.startswith(f)), None)
         if fam is None:
             fam = len(METRIC_FAMILIES) + (list(MIGRATION_COLUMNS).index(k) if k in MIGRATION_COLUMNS else len(MIGRATION_COLUMNS))

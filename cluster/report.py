@@ -10,7 +10,9 @@ JSON), so a plot can always be checked against the table it came from.
 
 Defaults without flags: x is the first swept numeric parameter that varies (else the first that
 varies, else the repetition), hue the next varying one, and there is one plot per headline
-metric that varies (CPU share, wake latency percentiles, migration time, downtime, data sent).
+metric that varies (CPU share, wake latency percentiles, migration time, downtime, data sent;
+for a cluster experiment its own figures instead: migrations, downtime, SLA violations,
+energy, hosts switched on).
 
 Figures are drawn with matplotlib's Agg canvas on ``Figure`` objects (no pyplot, no global
 backend state) and written atomically.
@@ -36,6 +38,8 @@ from cluster.sweep import SweepSpec, param_labels, parse_spec
 
 DEFAULT_METRIC_PREFIXES = ("cpu_pct.", "wake_p50_us.", "wake_p99_us.")
 DEFAULT_METRICS = ("mig_total_ms", "mig_downtime_ms", "mig_bytes_sent")
+#: a cluster experiment's figures (batch_table.CLUSTER_COLUMNS): its default plots where present
+CLUSTER_METRICS = ("migrations", "migrations_completed", "migrations_aborted", "mig_downtime_total_ms", "sla_violation_pct", "energy_kwh", "hosts_active_mean")
 OTHER_NUMERIC = ("mig_rounds", "wall_s", "trial_wall_s", "rep", "seed")
 TEXT_COLUMNS = ("trial", "status", "error", "trace_digest", "config_digest", "mig_status")
 PNG_DATA_KEY = "hvsim-data"
@@ -152,8 +156,13 @@ def metric_columns(res: Results) -> list[str]:
 
 
 def default_metrics(res: Results) -> list[str]:
+    """The metrics that vary: a cluster experiment's own figures where the table has them
+    (not one plot per guest), else CPU shares, wake latencies and migration figures."""
     ok = res.ok
-    return [c for c in metric_columns(res) if (c.startswith(DEFAULT_METRIC_PREFIXES) or c in DEFAULT_METRICS) and _varies(ok, c)]
+    cols = metric_columns(res)
+    if any(c in CLUSTER_METRICS for c in cols):
+        return [c for c in CLUSTER_METRICS if c in cols and _varies(ok, c)]
+    return [c for c in cols if (c.startswith(DEFAULT_METRIC_PREFIXES) or c in DEFAULT_METRICS) and _varies(ok, c)]
 
 
 def resolve_param(res: Results, name: str, flag: str) -> str:
@@ -287,7 +296,7 @@ def plot(res: Results, x: str, y: str, hue: str | None, facets: list[str], out_d
     return path, data
 
 
-TABLE_PRIORITY = ("mig_total_ms", "mig_downtime_ms", "mig_bytes_sent", "cpu_pct.", "wake_p99_us.", "wake_p50_us.")
+TABLE_PRIORITY = (*CLUSTER_METRICS, "mig_total_ms", "mig_downtime_ms", "mig_bytes_sent", "cpu_pct.", "wake_p99_us.", "wake_p50_us.")
 
 
 def summary_table(res: Results, metrics: list[str], limit: int | None = None) -> Table:
