@@ -283,6 +283,22 @@ def print_summary(s: dict[str, Any]) -> None:
             st = v.get("stay_us", {})
             ht.add_row(k, str(v["count"]), str(v["preempted"]), f"{st.get('p99') or 0:.2f}", f"{st.get('max') or 0:.2f}")
         out.print(ht)
+    cl = s.get("cluster")
+    if cl:
+        ct = Table(title="cluster")
+        for col in ("migrations", "done", "aborted", "downtime ms", "SLA viol. %", "energy J", "active mean/end"):
+            ct.add_column(col, justify="right")
+        share = cl.get("sla_violation_share")
+        ct.add_row(
+            str(cl["migrations_started"]),
+            str(cl["migrations_completed"]),
+            str(cl["migrations_aborted"]),
+            f"{cl['migration_downtime_ms']:.2f}",
+            f"{100 * share:.3f}" if share is not None else "-",
+            f"{cl['energy_j']:.1f}" if cl.get("energy_j") is not None else "-",
+            f"{cl['hosts_active_mean']:.2f}/{cl['hosts_active_final']}" if cl.get("hosts_active_mean") is not None else "-",
+        )
+        out.print(ct)
 
 
 def main() -> None:

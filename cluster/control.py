@@ -123,7 +123,7 @@ class ControlLoop:
         occupied = self._occupied() | self.occupied_prev
         for m in mgr.migrations:
             o = m.out
-            if o.start_ns < t1 and (o.end_ns < 0 or o.end_ns > t0):
+            if o.status != "refused" and o.start_ns < t1 and (o.end_ns < 0 or o.end_ns > t0):
                 occupied.update((m.src, m.dst))
         alive = {h: mgr.failed.get(h, NEVER) > t0 and mgr.lost_hosts.get(h, NEVER) > t0 for h in self.hosts}
         active = {h: alive[h] and h in occupied for h in self.hosts}
