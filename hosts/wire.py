@@ -7,8 +7,10 @@ would arrive as a bare positional tuple; so every message class is registered he
 stable tag and packed as an extension record ``[tag, field...]``, and the reader rebuilds the
 class. A tag the reader does not know is refused (:class:`WireError`), never guessed.
 
-Plain tuples stay tuples (msgpack arrays, read back as tuples); no pickle, ever: only
-registered classes of plain fields can be rebuilt, so nothing on the wire can run code.
+Containers come back as what was sent: a list as a list (a msgpack array) and a tuple as a
+tuple (an extension record of its items), so a compiled reader, which checks a field's
+declared ``list`` or ``tuple`` at run time, gets the type the sender had. No pickle, ever:
+only registered classes of plain fields can be rebuilt, so nothing on the wire can run code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable, TypeVar
 import msgpack
 
 EXT_MESSAGE = 7  # msgpack extension type code of a registered message
+EXT_TUPLE = 8  # ... and of a plain tuple (lists are plain msgpack arrays)
 
 T = TypeVar("T")
 
@@ -43,7 +46,7 @@ def _default(obj: Any) -> Any:
     if tag is not None:
         return msgpack.ExtType(EXT_MESSAGE, packb([tag, *obj]))
     if type(obj) is tuple:
-        return list(obj)
+        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
     # numpy scalars that slipped into a message
     item = getattr(obj, "item", None)
     if item is not None and getattr(obj, "shape", None) == ():
@@ -52,6 +55,11 @@ def _default(obj: Any) -> Any:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_TUPLE:
+        items = unpackb(data)
+        if type(items) is not list:
+            raise WireError("a tuple record must hold an array")
+        return tuple(items)
     if code != EXT_MESSAGE:
         raise WireError(f"unknown msgpack extension type {code}")
     fields = unpackb(data)
@@ -71,7 +79,7 @@ def packb(obj: Any) -> bytes:
 
 
 def unpackb(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False, ext_hook=_ext_hook)
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False, ext_hook=_ext_hook)
 
 
 def known() -> list[str]:

@@ -4,8 +4,10 @@ does not know instead of ignoring it."""
 
 from __future__ import annotations
 
+import ast
 import types
 import typing
+from pathlib import Path
 from typing import NamedTuple, get_args, get_origin
 
 import pytest
@@ -40,8 +42,27 @@ def sample(tp: object) -> object:
     raise AssertionError(f"no sample for {tp!r}")
 
 
+def _source_hints() -> dict[str, dict[str, object]]:
+    """Each class's field annotations as written in the source (a compiled module keeps only
+    the runtime classes, e.g. ``tuple`` for ``tuple[int, ...]``)."""
+    src = Path(M.__file__)
+    src = src.with_name(src.name.split(".")[0] + ".py")
+    out: dict[str, dict[str, object]] = {}
+    for node in ast.parse(src.read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            out[node.name] = {
+                st.target.id: eval(ast.unparse(st.annotation), vars(M))  # noqa: S307 - our own source
+                for st in node.body
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
+            }
+    return out
+
+
+SOURCE_HINTS = _source_hints()
+
+
 def make(cls: type) -> NamedTuple:
-    hints = typing.get_type_hints(cls, vars(M))
+    hints = SOURCE_HINTS[cls.__name__]
     return cls(*(sample(hints[f]) for f in cls._fields))  # type: ignore[attr-defined, no-any-return]
 
 

@@ -20,6 +20,30 @@ def test_message_round_trip_keeps_type_and_fields():
     assert back["n"] == 7 and type(back["n"]) is int
 
 
+def test_lists_come_back_lists_and_tuples_tuples_at_every_depth():
+    # a compiled reader checks a declared list[...] or tuple[...] at run time: each container
+    # must arrive as the type the sender had, also inside maps, lists and messages
+    sent = {"a": [1, (2, [3, (4,)])], "b": ((), []), "c": Give(1, 2), "d": [{"k": (5, 6)}], "e": ([7],)}
+    back = wire.unpackb(wire.packb(sent))
+    assert back == sent
+
+    def shape(x):
+        if isinstance(x, dict):
+            return {k: shape(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, [shape(v) for v in x])
+        return type(x).__name__
+
+    assert shape(back) == shape(sent)
+    assert shape(back)["a"] == ("list", ["int", ("tuple", ["int", ("list", ["int", ("tuple", ["int"])])])])
+
+
+def test_a_tuple_record_that_is_not_an_array_is_refused():
+    bad = msgpack.packb(msgpack.ExtType(wire.EXT_TUPLE, msgpack.packb(3)))
+    with pytest.raises(wire.WireError, match="tuple record"):
+        wire.unpackb(bad)
+
+
 def test_unknown_kind_is_refused_naming_it():
     forged = msgpack.packb([msgpack.ExtType(wire.EXT_MESSAGE, msgpack.packb(["NoSuchMsg", 1]))])
     with pytest.raises(wire.WireError, match="unknown message kind 'NoSuchMsg'"):

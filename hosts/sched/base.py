@@ -29,6 +29,7 @@ from hosts.errors import SchedulerError as SchedulerError  # re-exported: define
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Mapping, Protocol, Self, Sequence, TypeVar
 
+from mypy_extensions import mypyc_attr
 from pydantic import BaseModel
 
 from hosts.clock import NEVER
@@ -87,6 +88,8 @@ class SchedContext(Protocol):
         """The packed ``{unit:16, dom:16}`` word most scheduler records start with."""
 
 
+# a scheduler written in Python may derive from the compiled base classes
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UnitRecord:
     """Per-unit scheduler data that travels with its vCPU as a plain dict of its ``FIELDS``.
 
@@ -117,6 +120,8 @@ def unknown(half: str, name: str, what: object) -> SchedulerError:
     return SchedulerError(f"scheduler {name!r}: {half} got an unknown {type(what).__name__} {what!r}")
 
 
+# a scheduler written in Python may derive from the compiled base classes
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PcpuScheduler:
     """Per-pCPU half of a scheduler. Subclasses set ``name`` and implement the hooks."""
 
@@ -220,6 +225,8 @@ def _nowhere(vid: int) -> int:
     raise KeyError(vid)
 
 
+# a scheduler written in Python may derive from the compiled base classes
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PoolScheduler(Generic[SumT]):
     """Per-pool half of a scheduler, run by the host at epoch boundaries. ``SumT`` is the
     summary record its pCPU half reports."""
