@@ -70,6 +70,11 @@ def have_compiler() -> bool:
 class BuildWithManifest(build_ext):
     """build_ext, then the manifest beside the compiled modules (in place for ``pip install -e``)."""
 
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # the engine's one big C file and the module shims compile side by side
+            self.parallel = os.cpu_count() or 1
+
     def run(self) -> None:
         super().run()
         if not self.extensions:
@@ -90,12 +95,15 @@ def ext_modules() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
+    # opt_level 2: gcc -O2 takes half the time of -O3 on the engine's 20 MB of C, for the same
+    # speed within this machine's noise (scripts/bench.py); one C file, not multi_file, since
+    # calls between modules are most of the engine's and multi_file made it ~20% slower.
     # The build environment has mypy and pydantic (pyproject's build requirements) but not the
     # other dependencies: their types count as Any here, which compiles to the same code paths
     # as the interpreter takes. pyproject's [tool.mypy] (strict, for CI) is not used here.
     cfg = Path(tempfile.mkdtemp(prefix="hvsim-mypyc-")) / "mypy.ini"
     cfg.write_text(MYPYC_CONFIG)
-    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="3", debug_level="0", group_name="hvsim_engine")
+    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="2", debug_level="0", group_name="hvsim_engine")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildWithManifest})
