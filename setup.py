@@ -23,9 +23,9 @@ HERE = Path(__file__).resolve().parent
 MANIFEST = "hosts/_compiled.json"  # what was compiled, with each source's digest
 
 #: not compiled: package markers, the exception classes (a native class cannot derive from a
-#: built-in exception), and modules whose classes are pydantic models (pydantic builds them at
-#: import), which is every ``*params.py`` and the workload modules
-INTERPRETED = {"hosts/errors.py", "hosts/workload.py", "hosts/tracewl.py"}
+#: built-in exception), modules whose classes are pydantic models (pydantic builds them at
+#: import: every ``*params.py``), and the trace-driven workload (its parameters are in it)
+INTERPRETED = {"hosts/errors.py", "hosts/tracewl.py"}
 
 
 MYPYC_CONFIG = """\

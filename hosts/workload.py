@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from hosts import hypercalls as hc
 from hosts.clock import MS, NEVER, US
@@ -84,6 +85,8 @@ class GuestHost(Protocol):
 P = TypeVar("P", bound="_P")
 
 
+# other workload modules (hosts/tracewl.py) and users' own workloads may derive from it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Workload(Generic[P]):
     """Parameters of one vCPU's guest program; stateless (state is in the vCPU record)."""
 
