@@ -24,8 +24,10 @@ MANIFEST = "hosts/_compiled.json"  # what was compiled, with each source's diges
 
 #: not compiled: package markers, the exception classes (a native class cannot derive from a
 #: built-in exception), modules whose classes are pydantic models (pydantic builds them at
-#: import: every ``*params.py``), and the trace-driven workload (its parameters are in it)
-INTERPRETED = {"hosts/errors.py", "hosts/tracewl.py"}
+#: import: every ``*params.py``), the trace-driven workload (its parameters are in it), and
+#: modules that would only lengthen the build: the host operations' request records, guest
+#: memory (numpy does its work) and the vCPU record codec (once per vCPU move between processes)
+INTERPRETED = {"hosts/errors.py", "hosts/tracewl.py", "hosts/hostops.py", "hosts/memory.py", "hosts/codec.py"}
 
 
 MYPYC_CONFIG = """\
@@ -95,15 +97,16 @@ def ext_modules() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    # opt_level 2: gcc -O2 takes half the time of -O3 on the engine's 20 MB of C, for the same
-    # speed within this machine's noise (scripts/bench.py); one C file, not multi_file, since
-    # calls between modules are most of the engine's and multi_file made it ~20% slower.
+    # opt_level 1: gcc -O1 takes a third of the time of -O3 on the engine's 20+ MB of C (the
+    # build stays within the README's first-command budget), for the same speed within this
+    # machine's noise (scripts/bench.py); one C file, not multi_file, since calls between
+    # modules are most of the engine's and multi_file made it ~20% slower.
     # The build environment has mypy and pydantic (pyproject's build requirements) but not the
     # other dependencies: their types count as Any here, which compiles to the same code paths
     # as the interpreter takes. pyproject's [tool.mypy] (strict, for CI) is not used here.
     cfg = Path(tempfile.mkdtemp(prefix="hvsim-mypyc-")) / "mypy.ini"
     cfg.write_text(MYPYC_CONFIG)
-    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="2", debug_level="0", group_name="hvsim_engine")
+    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="1", debug_level="0", group_name="hvsim_engine")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildWithManifest})
