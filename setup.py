@@ -82,6 +82,10 @@ class BuildWithManifest(build_ext):
         if not self.extensions:
             return
         root = HERE if self.inplace else Path(self.build_lib)
+        keep = {m[: -len(".py")] for m in compiled_modules()}
+        for lib in (root / "hosts").rglob("*"):  # modules an older build compiled and this one does not
+            if lib.suffix in (".so", ".pyd") and "__mypyc" not in lib.name and lib.with_name(lib.name.split(".")[0]).relative_to(root).as_posix() not in keep:
+                lib.unlink()
         doc = {"compiler": "mypyc", "modules": {m: source_digest(HERE / m) for m in compiled_modules()}}
         dest = root / MANIFEST
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,7 @@ def ext_modules() -> list[Any]:
     # as the interpreter takes. pyproject's [tool.mypy] (strict, for CI) is not used here.
     cfg = Path(tempfile.mkdtemp(prefix="hvsim-mypyc-")) / "mypy.ini"
     cfg.write_text(MYPYC_CONFIG)
-    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="1", debug_level="0", group_name="hvsim_engine")
+    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="1", debug_level="0", group_name="hosts._native")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildWithManifest})

@@ -27,6 +27,11 @@ _MANIFEST = _HERE / "_compiled.json"
 _EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
+def _source_of(lib: Path) -> str:
+    """``hosts/x/y.py`` for ``.../hosts/x/y.cpython-311-x86_64-linux-gnu.so``."""
+    return lib.with_name(lib.name.split(".")[0] + ".py").relative_to(_HERE.parent).as_posix()
+
+
 def _stale() -> list[str]:
     """Compiled modules whose source changed since the build (or that lost their build)."""
     try:
@@ -34,6 +39,9 @@ def _stale() -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return ["(no readable _compiled.json)"]
     out = []
+    for lib in _HERE.rglob("*"):  # a compiled module the last build did not make (left from an older one)
+        if lib.name.endswith(_EXT) and "__mypyc" not in lib.name and _source_of(lib) not in built:
+            out.append(_source_of(lib))
     for rel, digest in built.items():
         src = _HERE.parent / rel
         try:
