@@ -45,8 +45,9 @@ def sample(tp: object) -> object:
 def _source_hints() -> dict[str, dict[str, object]]:
     """Each class's field annotations as written in the source (a compiled module keeps only
     the runtime classes, e.g. ``tuple`` for ``tuple[int, ...]``)."""
-    src = Path(M.__file__)
-    src = src.with_name(src.name.split(".")[0] + ".py")
+    import hosts.sched
+
+    src = Path(hosts.sched.__file__).with_name("messages.py")  # a compiled module's __file__ may not say
     out: dict[str, dict[str, object]] = {}
     for node in ast.parse(src.read_text()).body:
         if isinstance(node, ast.ClassDef):
