@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from hosts import codec
@@ -135,3 +135,59 @@ def test_stream_version_magic_end_and_unknown_types():
     assert codec.read_stream(optional)[1] == [(codec.REC_VCPU, 1)]
     with pytest.raises(RecordError, match="not a valid msgpack record"):
         unpack_vcpu(b"\xc1garbage")
+
+
+# --- the record fuzzer: a malformed record is refused with RecordError, never anything else ---
+
+JUNK = st.one_of(
+    st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.booleans(), st.none(),
+    st.binary(max_size=8), st.lists(st.integers(-(2**63), 2**64 - 1), max_size=5), st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**64 - 1), max_size=3),
+)
+
+
+def _mutate(body: dict, data: st.DataObject) -> object:
+    """One to three edits of a valid record body: a field's value replaced (wrong type, out of
+    range, huge, nested), a field dropped, a key invented, a list element changed, or the body
+    replaced by something that is not a map."""
+    if data.draw(st.integers(0, 19)) == 0:
+        return data.draw(JUNK)
+    body = dict(body)
+    for _ in range(data.draw(st.integers(1, 3))):
+        keys = sorted(body)
+        op = data.draw(st.sampled_from(["set", "drop", "invent", "element"]))
+        k = data.draw(st.sampled_from(keys)) if keys else "x"
+        if op == "set":
+            body[k] = data.draw(JUNK)
+        elif op == "drop" and k in body:
+            del body[k]
+        elif op == "invent":
+            body[data.draw(st.text(max_size=8))] = data.draw(JUNK)
+        elif isinstance(body.get(k), list) and body[k]:
+            items = list(body[k])
+            items[data.draw(st.integers(0, len(items) - 1))] = data.draw(JUNK)
+            body[k] = items
+        elif isinstance(body.get(k), dict) and body[k]:
+            sub = dict(body[k])
+            sub[data.draw(st.sampled_from(sorted(sub, key=str)))] = data.draw(JUNK)
+            body[k] = sub
+    return body
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None)
+@given(vcpus(), st.data())
+def test_a_mutated_record_is_decoded_or_refused_with_record_error(v, data):
+    rtype, good = msgpack.unpackb(pack_vcpu(v), raw=False, strict_map_key=False)  # [VCPU, body]
+    bad = [rtype, _mutate(good, data)] if data.draw(st.integers(0, 9)) else data.draw(st.one_of(JUNK, st.just([rtype + 1, good])))
+    raw = msgpack.packb(bad, use_bin_type=True)
+    if data.draw(st.booleans()):  # also at the byte level: a cut or a flipped byte
+        i = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        raw = raw[:i] if data.draw(st.booleans()) else raw[:i] + bytes([raw[i] ^ data.draw(st.integers(1, 255))]) + raw[i + 1 :]
+    try:
+        back = unpack_vcpu(raw)
+    except RecordError as exc:
+        event("refused (RecordError)")
+        assert str(exc)
+        return
+    event("accepted")
+    # what is accepted is a whole, usable record: it packs again and decodes to the same
+    same(back, unpack_vcpu(pack_vcpu(back)))
