@@ -42,7 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Literal, Optional, Self
+from typing import Annotated, Literal, Optional, Self
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -71,6 +71,8 @@ from hosts.workload import (
 MAX_TRACE_SAMPLES = 100_000
 #: Length of the compact form of MAX_TRACE_SAMPLES samples (base64 of 4-byte floats).
 MAX_SERIES_CHARS = 4 * ((4 * MAX_TRACE_SAMPLES + 2) // 3)
+#: a series as the loader writes it: base64 of 4-byte little-endian floats
+EncodedSeries = Annotated[str, Field(min_length=8, max_length=MAX_SERIES_CHARS, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
 #: Largest trace step and start, in trace minutes (about 1900 years).
 MAX_TRACE_MIN = 1e9
 #: Most trace minutes per simulated second (and at least 1e-6).
@@ -120,18 +122,12 @@ class TraceParams(_P):
     cpu_pct: Optional[list[float]] = Field(
         None, min_length=1, max_length=10_000, description="The samples given inline, CPU % of the vCPU (0..100), instead of a file."
     )
-    samples: Optional[str] = Field(
+    samples: Optional[EncodedSeries] = Field(
         None,
-        min_length=8,
-        max_length=MAX_SERIES_CHARS,
-        pattern=r"^[A-Za-z0-9+/]*={0,2}$",
         description="The samples read from 'path' (written by the loader): CPU % (0..100) as base64 of 4-byte little-endian floats.",
     )
-    mem_samples: Optional[str] = Field(
+    mem_samples: Optional[EncodedSeries] = Field(
         None,
-        min_length=8,
-        max_length=MAX_SERIES_CHARS,
-        pattern=r"^[A-Za-z0-9+/]*={0,2}$",
         description="Memory usage per sample in MiB, where the format has it (bitbrains; written by the loader, same encoding as 'samples').",
     )
     source: Optional[str] = Field(None, max_length=4096, description="The file 'samples' were read from (written by the loader; never read again).")

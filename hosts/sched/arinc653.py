@@ -38,7 +38,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from hosts.domain import DomainInfo
-from hosts.sched.arinc653_params import DEFAULT_TIMESLICE_NS, MAX_ENTRIES, Arinc653Params, _ns
+from hosts.clock import ms
+from hosts.sched.arinc653_params import DEFAULT_TIMESLICE_NS, MAX_ENTRIES, Arinc653Params
 from hosts.sched.base import Decision, PcpuScheduler, PoolScheduler, SchedContext, SchedulerEntry, register
 from hosts.vcpu import make_vid
 
@@ -63,9 +64,9 @@ class Arinc653Scheduler(PcpuScheduler):
         self.pc = Arinc653Pcpu(ctx.now)
         self.spec: list[tuple[str, int, int]] | None  # (domain name, vCPU index, runtime ns)
         if params.schedule is not None:
-            self.spec = [(e.domain, e.vcpu, _ns(e.runtime_ms)) for e in params.schedule]
+            self.spec = [(e.domain, e.vcpu, ms(e.runtime_ms)) for e in params.schedule]
             total = sum(rt for _, _, rt in self.spec)
-            self.major = _ns(params.major_frame_ms) if params.major_frame_ms is not None else total
+            self.major = ms(params.major_frame_ms) if params.major_frame_ms is not None else total
         else:
             self.spec = None
             self.major = 0

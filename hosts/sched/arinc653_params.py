@@ -6,7 +6,7 @@ from typing import Literal, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hosts.clock import MS
+from hosts.clock import MS, ms
 
 MAX_ENTRIES = 64  # ARINC653_MAX_DOMAINS_PER_SCHEDULE
 DEFAULT_TIMESLICE_NS = 10 * MS
@@ -42,11 +42,9 @@ class Arinc653Params(BaseModel):
             if self.major_frame_ms is not None:
                 raise ValueError("major_frame_ms needs a schedule (the default schedule's major frame is 10 ms per Domain-0 vCPU)")
             return self
-        total = sum(_ns(e.runtime_ms) for e in self.schedule)
-        if self.major_frame_ms is not None and _ns(self.major_frame_ms) < total:
+        total = sum(ms(e.runtime_ms) for e in self.schedule)
+        if self.major_frame_ms is not None and ms(self.major_frame_ms) < total:
             raise ValueError(f"major_frame_ms ({self.major_frame_ms}) is shorter than the sum of the runtimes ({total / MS:g} ms)")
         return self
 
 
-def _ns(ms_: float) -> int:
-    return int(round(ms_ * MS))
