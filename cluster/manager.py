@@ -2,8 +2,10 @@
 
 It owns the host registry and the domain table, creates every domain at time 0, and drives
 the hosts in coarse steps: all hosts advance together to the next instant the toolstack must
-act (a config event, a migration step) or by at most ``control_period_ms``, and then it acts,
-with every host standing at that instant. Hosts never talk to each other except through it.
+act (a config event, a migration step, a control-loop step every ``control_period_ms`` when
+policies or power are configured) or the driver's next pause, and then it acts, with every
+host standing at that instant. It never stops hosts for nothing: under Ray every stop is a
+round of actor calls. Hosts never talk to each other except through it.
 
 It talks to hosts only through typed clients (``cluster.hostclient.HostClient``) whose
 methods return pending answers, so that under Ray all hosts run their stretch in parallel
@@ -155,7 +157,7 @@ class DomainManager:
             self._act()
             if self.now >= t_end:
                 break
-            nxt = min(t_end, self.next_action_ns(), self.now + self.plan.control_period_ns)
+            nxt = min(t_end, self.next_action_ns())
             try:
                 self.run_hosts(nxt)
             except RunIncomplete as exc:

@@ -230,7 +230,7 @@ def print_scaling(res: dict, backends: list[str]) -> None:
     Console(width=160).print(t)
 
 
-def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) -> dict:
+def bench(names: list[str], quick: bool, backends: list[str], extra: list[str], layouts: bool = False) -> dict:
     from cluster.raysession import RaySession
 
     out: dict = {"scenarios": {}, "machine": machine()}
@@ -250,7 +250,7 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) 
             row: dict = {k: None for k in ("inline_sim_s_per_wall_s", "ray_sim_s_per_wall_s", "ray_over_inline", "events_per_wall_s",
                                             "epochs_per_sim_s", "ray_startup_s", "peak_rss_mb_driver", "peak_rss_mb_actor", "digests_equal",
                                             "migration_policy", "migration_total_s", "migration_downtime_ms", "migration_sent_gb",
-                                            "migration_wall_s_inline", "migration_wall_s_ray")}
+                                            "migration_wall_s_inline", "migration_wall_s_ray", "ray_processes", "ray_per_pcpu_sim_s_per_wall_s", "ray_per_pcpu_over_inline")}
             digests = {}
             with RssPeak() as rss:  # the driver, over both runs
                 if "inline" in backends:
@@ -271,10 +271,18 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str]) 
                     row.update({k: v for k, v in migration_figures(r.summary, "ray", w, sim_s).items() if row.get(k) is None or k.endswith("_ray")})
                     if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
                         row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
+                    procs = r.summary.get("pcpu_processes") or {}
+                    row["ray_processes"] = f"{sum(len(g) for g in procs.values())} for {sum(len(x) for g in procs.values() for x in g)} pCPUs"
+                    if layouts:  # the classic layout, one process per pCPU, side by side
+                        r = run_one(path, "ray", dur, extra_n + ["run.ray_processes_per_host=4096"])
+                        row["ray_per_pcpu_sim_s_per_wall_s"] = round(sim_s / r.summary["sim_wall_s"], 3)
+                        digests["ray_per_pcpu"] = r.summary["trace_digest"]
             if row["inline_sim_s_per_wall_s"] and row["ray_sim_s_per_wall_s"]:
                 row["ray_over_inline"] = round(row["ray_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
-            if len(digests) == 2:
-                row["digests_equal"] = digests["inline"] == digests["ray"]
+            if row["inline_sim_s_per_wall_s"] and row["ray_per_pcpu_sim_s_per_wall_s"]:
+                row["ray_per_pcpu_over_inline"] = round(row["ray_per_pcpu_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
+            if len(digests) >= 2:
+                row["digests_equal"] = len(set(digests.values())) == 1
             row["peak_rss_mb_driver"] = rss.mb
             row["sim_s"] = sim_s
             out["scenarios"][name] = row
@@ -289,12 +297,15 @@ ROWS = [
     ("inline: sim s / wall s", "inline_sim_s_per_wall_s"),
     ("ray: sim s / wall s", "ray_sim_s_per_wall_s"),
     ("ray / inline", "ray_over_inline"),
+    ("ray: processes stepping pCPUs", "ray_processes"),
+    ("ray, a process per pCPU: sim s / wall s", "ray_per_pcpu_sim_s_per_wall_s"),
+    ("ray, a process per pCPU / inline", "ray_per_pcpu_over_inline"),
     ("scheduler events / wall s (inline)", "events_per_wall_s"),
     ("epoch boundaries / sim s", "epochs_per_sim_s"),
     ("ray start-up s (init + actors + domains)", "ray_startup_s"),
     ("peak RSS driver MB", "peak_rss_mb_driver"),
     ("peak RSS one pCPU actor MB", "peak_rss_mb_actor"),
-    ("inline and ray digests equal", "digests_equal"),
+    ("digests equal (every run)", "digests_equal"),
     ("migration: policy", "migration_policy"),
     ("migration: total s (simulated)", "migration_total_s"),
     ("migration: downtime ms", "migration_downtime_ms"),
@@ -327,6 +338,7 @@ def main() -> int:
     ap.add_argument("--backend", action="append", choices=["inline", "ray"], help="default both")
     ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
     ap.add_argument("--scaling", action="store_true", help="the scaling table (1 to 16 hosts of 4 pCPUs) instead of the scenarios")
+    ap.add_argument("--layouts", action="store_true", help="also run Ray with one process per pCPU (run.ray_processes_per_host), side by side")
     a = ap.parse_args()
     if a.scaling:
         backends = a.backend or ["inline", "ray"]
@@ -345,7 +357,7 @@ def main() -> int:
     try:
         # Ray prints the raylet's notices to sys.stdout; with --json they go to stderr instead
         with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-            res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set)
+            res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set, a.layouts)
     except ConfigError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -35,11 +35,28 @@ def test_skipping_quiet_epochs_changes_nothing():
     assert runstates(a.summary) == runstates(b.summary)
 
 
-def test_control_period_is_only_a_pause_point():
-    a = simulate_file(QS, overrides=SHORT + ["run.control_period_ms=100"])
-    b = simulate_file(QS, overrides=SHORT + ["run.control_period_ms=7.3"])
-    assert a.summary["trace_digest"] == b.summary["trace_digest"]
-    assert runstates(a.summary) == runstates(b.summary)
+def _reports_paused_every(step_ns: int) -> list:
+    """Run the quickstart inline, stopping every host every ``step_ns`` (the manager's pauses)."""
+    from cluster.backends.inline import InlineBackend
+    from cluster.config import build_plan, load_config
+
+    cfg, _resolved = load_config(QS, SHORT)
+    plan = build_plan(cfg)
+    be = InlineBackend(plan)
+    mgr = be.start()
+    mgr.setup()
+    t = 0
+    while t < plan.duration_ns:
+        t = min(plan.duration_ns, t + step_ns)
+        mgr.run_until(t)
+    reports = be.reports(mgr.finish(), set())
+    return [(r.host, r.pcpu, r.digest, r.busy_ns, r.events, sorted(r.vcpus.items())) for rs in reports.values() for r in rs]
+
+
+def test_pause_points_change_nothing():
+    one_go = _reports_paused_every(1 << 62)
+    assert _reports_paused_every(7_300_001) == one_go  # off the epoch grid
+    assert _reports_paused_every(100_000_000) == one_go  # on it
 
 
 @pytest.mark.ray

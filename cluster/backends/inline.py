@@ -51,6 +51,9 @@ class InlineBackend:
     def placement(self) -> dict[str, str]:
         return {}
 
+    def processes(self) -> dict[str, list[list[int]]]:
+        return {h: [list(range(spec.nr_pcpus))] for h, spec in self.plan.hosts.items()}  # all here
+
     def shutdown(self) -> None:
         for h in self.hosts.values():
             h.memory.close()

@@ -3,9 +3,17 @@
 Per host, a placement group (STRICT_PACK) keeps its pCPU actors on one Ray node, because they
 share the host's memory segment. pCPU 0's actor is the host's master: it creates the segment
 and the doorbells, runs the ``HostEngine``, and is the only actor the domain manager calls
-(one Ray call per host per coarse step). The other pCPU actors sit in one long ``serve`` call
-for the whole run, stepping their ``PcpuCore`` when the master rings (``cluster.backends.shm``);
-that call's result is their final report.
+(one Ray call per host per coarse step).
+
+Which process steps which pCPU's ``PcpuCore`` is the host's *grouping* (``pcpu_groups``): with
+a core for every pCPU each pCPU actor steps its own, as Xen runs each pCPU on its own core;
+where the node has fewer cores than pCPUs (two cores for two hosts of four pCPUs), one process
+per core is faster, so a host's pCPUs are split into that many groups of consecutive pCPUs.
+The master steps the first group itself; each other group's first actor sits in one long
+``serve`` call for the whole run, stepping its group when the master rings
+(``cluster.backends.shm``); that call's result is its pCPUs' final reports. The remaining
+actors of a group stay placed (they hold their pCPU's share of the host's resources and its
+place in the host's fate) but step nothing. Results do not depend on the grouping.
 
 The domain manager is a thin actor over ``cluster.manager.DomainManager``; it reaches hosts
 through ``HostClient`` over ``RayTransport`` (typed requests of ``hosts.hostops``), and the
@@ -17,7 +25,7 @@ them): configs, requests, page batches, records and reports.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple, cast
+from typing import Any, Callable, Iterable, NamedTuple, cast
 
 import msgpack
 import ray
@@ -25,7 +33,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from hosts import hostops
-from hosts.host import HostEngine, make_core
+from hosts.host import HostEngine, HostSpec, make_core
+from hosts.pcpu import PcpuCore
 from hosts.memory import HostMemory, buffer_size
 from hosts.messages import PcpuReport
 from hosts.wire import message
@@ -38,6 +47,42 @@ from cluster.raysession import RaySession
 
 ACTOR_CPUS = 0.01  # a logical share: pCPU actors are many and mostly wait on their doorbell
 PLACEMENT_TIMEOUT_S = 10.0
+
+
+def pcpu_groups(nr_pcpus: int, processes: int) -> list[tuple[int, ...]]:
+    """Split pCPUs ``0..nr_pcpus-1`` into ``processes`` groups of consecutive pCPUs (clamped to
+    1..nr_pcpus), sizes differing by at most one, larger first."""
+    k = max(1, min(processes, nr_pcpus))
+    size, extra = divmod(nr_pcpus, k)
+    out: list[tuple[int, ...]] = []
+    c = 0
+    for i in range(k):
+        n = size + (1 if i < extra else 0)
+        out.append(tuple(range(c, c + n)))
+        c += n
+    return out
+
+
+def processes_per_host(nr_pcpus: dict[str, int], node_of: dict[str, str], node_cpus: dict[str, float], setting: int | str) -> dict[str, int]:
+    """How many processes step each host's pCPUs.
+
+    ``setting`` is ``run.ray_processes_per_host``: a number (capped at the host's pCPUs), or
+    ``auto``: every pCPU its own process where its node has a core for every pCPU placed on
+    it; else the node's cores shared among the hosts placed there, at least one per host.
+    """
+    if setting != "auto":
+        return {h: max(1, min(int(setting), n)) for h, n in nr_pcpus.items()}
+    on_node: dict[str, list[str]] = {}
+    for h, node in node_of.items():
+        on_node.setdefault(node, []).append(h)
+    out: dict[str, int] = {}
+    for node, hosts in on_node.items():
+        cores = int(node_cpus.get(node, 1.0))
+        if cores >= sum(nr_pcpus[h] for h in hosts):
+            out.update({h: nr_pcpus[h] for h in hosts})
+        else:
+            out.update({h: max(1, min(cores // len(hosts), nr_pcpus[h])) for h in hosts})
+    return out
 
 
 LOST_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
@@ -89,6 +134,15 @@ def _doc(b: bytes) -> dict[str, Any]:
     return doc
 
 
+def _group_cores(spec: HostSpec, group: Iterable[int], memory: HostMemory, seed: int) -> dict[int, PcpuCore]:
+    """The cores one process steps. Like inline, they hand vCPU objects to each other (debug
+    checks keep the codec in the loop); what leaves the process is sealed (``shm.seal_*``)."""
+    cores = {c: make_core(spec, c, {}, memory, seed, 0) for c in group}
+    for core in cores.values():
+        core.wire = core.checks
+    return cores
+
+
 class PcpuActor:
     """One pCPU. Thin: all logic is in PcpuCore (and, for pCPU 0, HostEngine)."""
 
@@ -107,20 +161,22 @@ class PcpuActor:
         return buffer_size(self.spec.mem_pages, self.spec.full_memory)
 
     # --- master (pCPU 0) ---------------------------------------------------------------------
-    def create_segment(self) -> tuple[str, str, int]:
+    def create_segment(self, groups: list[list[int]]) -> tuple[str, str, int]:
+        """``groups``: the host's pCPUs by stepping process, the master's (with pCPU 0) first."""
         name = f"hvsim-{self.tag}-{self.spec.name}"
+        self.groups = [tuple(g) for g in groups]
         self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=True)
-        self.bells = Doorbells(self.spec.nr_pcpus)
+        self.bells = Doorbells([g[0] for g in self.groups[1:]])
         return name, self.bells.dir, os.getpid()
 
     def start_master(self, follower_pids: dict[str, int]) -> bool:
+        """``follower_pids``: the pid of each other stepping process, by its first pCPU."""
         assert self.seg is not None
         memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=True)
-        core = make_core(self.spec, 0, {}, memory, self.seed, 0)
-        ports = ShmPorts(self.seg, self.bells, core.step, self.spec.name)
+        self.cores = _group_cores(self.spec, self.groups[0], memory, self.seed)
+        ports = ShmPorts(self.seg, self.bells, {c: core.step for c, core in self.cores.items()}, {g[0]: g for g in self.groups[1:]}, self.spec.name)
         ports.follower_pids = {int(k): int(v) for k, v in follower_pids.items()}
         self.ports = ports
-        self.core = core
         self.host = HostEngine(self.spec, ports, memory, self.seed)
         # every pCPU has mapped the segment and opened its doorbell: drop the names
         self.seg.unlink()
@@ -142,29 +198,39 @@ class PcpuActor:
             self.ports.stop()
         return True
 
-    # --- followers -----------------------------------------------------------------------------
-    def attach(self, name: str, fifo_dir: str, master_pid: int) -> int:
+    # --- the other stepping processes -----------------------------------------------------------
+    def attach(self, name: str, fifo_dir: str, master_pid: int, group: list[int]) -> int:
+        """Map the host's segment and build the cores of ``group`` (this pCPU first)."""
         self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=False)
-        self.bells = Doorbells(self.spec.nr_pcpus, fifo_dir)
+        self.bells = Doorbells([self.pcpu], fifo_dir)
         self.cmd_fd = self.bells.open(f"cmd{self.pcpu}")
         self.done_fd = self.bells.open("done")
         self.master_pid = master_pid
         memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=False)
-        self.core = make_core(self.spec, self.pcpu, {}, memory, self.seed, 0)
+        self.cores = _group_cores(self.spec, group, memory, self.seed)
         return os.getpid()
 
     def serve(self) -> bytes:
+        """Step this group until the run's end; the result is its pCPUs' reports by pCPU."""
         try:
             os.nice(2)  # a woken pCPU should not preempt its host's master on a busy machine
         except OSError:
             pass
         assert self.seg is not None
-        report = serve(self.seg, self.cmd_fd, self.done_fd, self.core.step, self.pcpu, self.master_pid)
-        return packb(report)
+        reports = serve(self.seg, self.cmd_fd, self.done_fd, {c: core.step for c, core in self.cores.items()}, self.pcpu, self.master_pid)
+        return packb(reports)
 
 
 #: the actor classes as Ray sees them (ray.remote's result is not typed)
 PcpuActorRemote: Any = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(PcpuActor)
+
+
+def _pg_node(pg: Any) -> str:
+    """The node a ready placement group's bundles are on (STRICT_PACK: one node)."""
+    from ray.util import placement_group_table
+
+    nodes = set(placement_group_table(pg)["bundles_to_node_id"].values())
+    return str(min(nodes))
 
 
 class RayPending(Pending[Any]):
@@ -288,6 +354,7 @@ class RayBackend:
         self.serve_refs: dict[str, list[Any]] = {}
         self.manager_actor: Any = None
         self.nodes: dict[str, str] = {}
+        self.groups: dict[str, list[tuple[int, ...]]] = {}
 
     def start(self) -> ManagerHandle:
         self.session.start()
@@ -319,6 +386,10 @@ class RayBackend:
                     f"host {name}: no Ray node could take its {self.plan.hosts[name].nr_pcpus} pCPU actors together "
                     f"within {PLACEMENT_TIMEOUT_S:.0f} s (needs {need.get('resources') or 'no custom resource'}, labels {need.get('labels') or 'none'})"
                 ) from None
+        node_of = {name: _pg_node(pg) for name, pg in self.pgs.items()}
+        node_cpus = {n["NodeID"]: float(n["Resources"].get("CPU", 1.0)) for n in cast(Callable[[], list[dict[str, Any]]], ray.nodes)() if n.get("Alive")}
+        procs = processes_per_host({h: s.nr_pcpus for h, s in self.plan.hosts.items()}, node_of, node_cpus, self.plan.ray_processes_per_host)
+        self.groups = {name: pcpu_groups(spec.nr_pcpus, procs[name]) for name, spec in self.plan.hosts.items()}
         for name, spec in self.plan.hosts.items():
             hc = packb(host_cfgs[name])
             self.actors[name] = [
@@ -328,16 +399,16 @@ class RayBackend:
                 ).remote(hc, run_cfg, c, self.plan.seed, self.tag)
                 for c in range(spec.nr_pcpus)
             ]
-        seg_refs = {name: acts[0].create_segment.remote() for name, acts in self.actors.items()}
+        seg_refs = {name: acts[0].create_segment.remote([list(g) for g in self.groups[name]]) for name, acts in self.actors.items()}
         segs = {name: ray.get(ref) for name, ref in seg_refs.items()}
         attach_refs = {
-            name: {c: a.attach.remote(segs[name][0], segs[name][1], segs[name][2]) for c, a in enumerate(acts) if c > 0}
+            name: {g[0]: acts[g[0]].attach.remote(segs[name][0], segs[name][1], segs[name][2], list(g)) for g in self.groups[name][1:]}
             for name, acts in self.actors.items()
         }
         pids = {name: {c: ray.get(ref) for c, ref in refs.items()} for name, refs in attach_refs.items()}
         ray.get([acts[0].start_master.remote({str(c): p for c, p in pids[name].items()}) for name, acts in self.actors.items()])
         for name, acts in self.actors.items():
-            self.serve_refs[name] = [a.serve.remote() for a in acts[1:]]
+            self.serve_refs[name] = [acts[g[0]].serve.remote() for g in self.groups[name][1:]]
         self.nodes = {name: ray.get(acts[0].whoami.remote())[1] for name, acts in self.actors.items()}
         masters = {name: acts[0] for name, acts in self.actors.items()}
         # the toolstack lives with the driver, so that losing another node does not lose it
@@ -346,15 +417,21 @@ class RayBackend:
         return ManagerHandle(self.manager_actor)
 
     def reports(self, gathered: dict[str, list[PcpuReport]], lost: set[str]) -> dict[str, list[PcpuReport]]:
-        """The masters' reports (pCPU 0, gathered by the manager) with the followers' own."""
+        """The masters' reports (their own group's, gathered by the manager) with those of the
+        host's other stepping processes."""
         out = {h: list(rs) for h, rs in gathered.items()}
         for name, refs in self.serve_refs.items():
             if name not in lost and name in out:
-                out[name] = out[name][:1] + [unpackb(b) for b in ray.get(refs)]
+                for got in ray.get(refs):
+                    for c, rep in unpackb(got).items():
+                        out[name][c] = rep
         return out
 
     def placement(self) -> dict[str, str]:
         return dict(self.nodes)
+
+    def processes(self) -> dict[str, list[list[int]]]:
+        return {h: [list(g) for g in gs] for h, gs in self.groups.items()}
 
     def shutdown(self) -> None:
         for name, acts in self.actors.items():

@@ -2,11 +2,18 @@
 
 One Ray call per pCPU per epoch would cost more than the simulation itself (ARCHITECTURE.md:
 ~0.8 ms per call, ~8.5 ms for a barrier over 8 actors). So a host's pCPU actors talk through
-the host's shared-memory segment instead: the master (pCPU 0's actor) writes each pCPU's
-command into that pCPU's *in* slot and rings its doorbell (one byte into a named FIFO); the
-pCPU, blocked in a long-running ``serve`` call, wakes, steps its ``PcpuCore``, writes the
-reply into its *out* slot and rings the master's doorbell. A round is two hops through the
-kernel (~0.06 ms for four actors on two cores, measured), not two Ray calls.
+the host's shared-memory segment instead: the master (pCPU 0's actor) writes a command into a
+stepping process's *in* slot and rings its doorbell (one byte into a named FIFO); that
+process, blocked in a long-running ``serve`` call, wakes, steps its pCPUs' cores, writes
+the replies into its *out* slot and rings the master's doorbell. A round is two hops through
+the kernel (~0.06 ms for four actors on two cores, measured), not two Ray calls.
+
+A host's pCPUs are stepped by one or more processes (*groups* of consecutive pCPUs, see
+``cluster.backends.ray_backend.pcpu_groups``): the master steps its own group in-process and
+each other group's first pCPU actor steps the rest of its group. One group per pCPU is the
+classic layout; fewer groups than pCPUs suit a node with fewer cores than pCPUs, where waking
+one process per pCPU at every boundary costs more than the pCPUs' own work. A group's slot
+spans its pCPUs' slots. The epoch protocol, and so every result, is the same for any grouping.
 
 The same segment holds the host's guest memory (``hosts.memory``), so a host is one segment.
 Its name and the FIFOs' paths are unlinked as soon as every pCPU has opened them: mappings and
@@ -28,10 +35,12 @@ import traceback
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any, Callable, NamedTuple
 
-from hosts.messages import Command, Finish, Reply
+from hosts.codec import pack_vcpu
+from hosts.messages import Command, Finish, Reply, Run, RunReply, Xfer, XferOut
+from hosts.vcpu import VcpuState
 from hosts.wire import message, packb, unpackb
 
-__all__ = ["Doorbells", "Segment", "ShmPorts", "SlotReply", "Stop", "packb", "serve", "unpackb"]
+__all__ = ["Doorbells", "GroupCmd", "Segment", "ShmPorts", "SlotReply", "Stop", "packb", "serve", "unpackb"]
 
 from cluster.errors import TransportError
 
@@ -42,8 +51,16 @@ class Stop(NamedTuple):
 
 
 @message
+class GroupCmd(NamedTuple):
+    """The master's commands for the pCPUs one process steps, by pCPU (handled in that order)."""
+
+    cmds: dict[int, Command]
+
+
+@message
 class SlotReply(NamedTuple):
-    """What a follower writes back: its reply, or the traceback of what it raised."""
+    """What a stepping process writes back: its pCPUs' replies by pCPU (None after ``Finish``:
+    the reports go back as the ``serve`` call's result), or the traceback of what it raised."""
 
     ok: bool
     payload: Any
@@ -77,10 +94,11 @@ class Segment:
     def _slot(self, direction: int, c: int) -> int:
         return self.mem_bytes + (direction * self.nr + c) * SLOT_BYTES
 
-    def write(self, direction: int, c: int, data: bytes) -> None:
-        if len(data) + HDR.size > SLOT_BYTES:
+    def write(self, direction: int, c: int, data: bytes, slots: int = 1) -> None:
+        """Write into pCPU ``c``'s slot, which may span ``slots`` consecutive pCPUs' slots."""
+        if len(data) + HDR.size > SLOT_BYTES * slots:
             raise TransportError(
-                f"message of {len(data)} bytes for pCPU {c} exceeds the {SLOT_BYTES >> 20} MiB mailbox; "
+                f"message of {len(data)} bytes for pCPU {c} exceeds the {SLOT_BYTES * slots >> 20} MiB mailbox; "
                 "this is a bug in hvsim (or an unusually large domain table)"
             )
         off = self._slot(direction, c)
@@ -133,13 +151,14 @@ def _untracked_shm(name: str, create: bool, size: int) -> shared_memory.SharedMe
 
 
 class Doorbells:
-    """Named FIFOs: one per follower pCPU (commands) and one for the master (replies)."""
+    """Named FIFOs: one per stepping process other than the master's (commands, named after
+    the process's first pCPU) and one for the master (replies)."""
 
-    def __init__(self, nr_pcpus: int, directory: str | None = None):
+    def __init__(self, leaders: list[int], directory: str | None = None):
         self.dir = directory or tempfile.mkdtemp(prefix="hvsim-fifo-")
-        self.nr = nr_pcpus
+        self.leaders = list(leaders)
         if directory is None:
-            for c in range(1, nr_pcpus):
+            for c in self.leaders:
                 os.mkfifo(os.path.join(self.dir, f"cmd{c}"))
             os.mkfifo(os.path.join(self.dir, "done"))
         self.fds: dict[str, int] = {}
@@ -150,7 +169,7 @@ class Doorbells:
         return fd
 
     def unlink_all(self) -> None:
-        for c in range(1, self.nr):
+        for c in self.leaders:
             try:
                 os.unlink(os.path.join(self.dir, f"cmd{c}"))
             except FileNotFoundError:
@@ -183,35 +202,67 @@ def _alive(pid: int) -> bool:
         return True
 
 
-class ShmPorts:
-    """The master's side: ``exchange`` commands with its pCPUs over the mailboxes."""
+def seal_cmd(cmd: Command) -> Command:
+    """``cmd`` fit for another process: a vCPU handed over as an object (pCPUs of one process
+    do that, as inline) travels as its record, which the receiving pCPU decodes."""
+    if type(cmd) is not Run or not any(type(it) is Xfer and type(it.vcpu) is VcpuState for it in cmd.inbox):
+        return cmd
+    inbox = tuple(it._replace(vcpu=pack_vcpu(it.vcpu, with_sched=True)) if type(it) is Xfer and type(it.vcpu) is VcpuState else it for it in cmd.inbox)
+    return cmd._replace(inbox=inbox)
 
-    def __init__(self, seg: Segment, bells: Doorbells, local_step: Callable[[Command], Reply], host: str):
+
+def seal_reply(rep: Reply) -> Reply:
+    """``rep`` fit for another process (see ``seal_cmd``): vCPUs leaving as objects become records."""
+    if type(rep) is not RunReply or not any(type(m) is XferOut and type(m.vcpu) is VcpuState for m in rep.out):
+        return rep
+    out = [m._replace(vcpu=pack_vcpu(m.vcpu, with_sched=True)) if type(m) is XferOut and type(m.vcpu) is VcpuState else m for m in rep.out]
+    return rep._replace(out=out)
+
+
+class ShmPorts:
+    """The master's side: ``exchange`` commands with its host's stepping processes.
+
+    ``local``: the pCPUs the master steps itself (pCPU -> step function); ``groups``: for every
+    other stepping process, its first pCPU -> the pCPUs it steps."""
+
+    def __init__(self, seg: Segment, bells: Doorbells, local: dict[int, Callable[[Command], Reply]], groups: dict[int, tuple[int, ...]], host: str):
         self.seg = seg
         self.host = host
-        self.local_step = local_step
-        self.cmd_fds = {c: bells.open(f"cmd{c}") for c in range(1, seg.nr)}
+        self.local = local
+        self.groups = groups
+        self.group_of = {c: lead for lead, members in groups.items() for c in members}
+        self.cmd_fds = {lead: bells.open(f"cmd{lead}") for lead in groups}
         self.done_fd = bells.open("done")
-        self.follower_pids: dict[int, int] = {}
+        self.follower_pids: dict[int, int] = {}  # first pCPU of a stepping process -> its pid
         self.exchanges = 0
 
     def exchange(self, cmds: dict[int, Command]) -> dict[int, Any]:
         self.exchanges += 1
-        followers = [c for c in cmds if c != 0]
-        for c in followers:
-            self.seg.write(IN, c, packb(cmds[c]))
-        for c in followers:  # ring only once every mailbox is written
-            os.write(self.cmd_fds[c], b"x")
-        out: dict[int, Any] = {}
-        if 0 in cmds:
-            out[0] = self.local_step(cmds[0])
-        self._wait(len(followers))
-        for c in followers:
-            rep = self.seg.read(OUT, c)
+        remote: dict[int, dict[int, Command]] = {}
+        group_of = self.group_of
+        for c, cmd in cmds.items():
+            lead = group_of.get(c)
+            if lead is not None:
+                remote.setdefault(lead, {})[c] = seal_cmd(cmd)
+        for lead, sub in remote.items():
+            self.seg.write(IN, lead, packb(GroupCmd(sub)), len(self.groups[lead]))
+        for lead in remote:  # ring only once every mailbox is written
+            os.write(self.cmd_fds[lead], b"x")
+        got: dict[int, Any] = {}
+        for c, cmd in cmds.items():
+            step = self.local.get(c)
+            if step is not None:
+                got[c] = step(cmd)
+        self._wait(len(remote))
+        for lead in remote:
+            rep = self.seg.read(OUT, lead)
             if type(rep) is not SlotReply or not rep.ok:
-                raise TransportError(f"host {self.host}: pCPU {c} failed:\n{rep.payload if type(rep) is SlotReply else rep}")
-            out[c] = rep.payload
-        return out
+                raise TransportError(f"host {self.host}: the process stepping pCPUs {list(self.groups[lead])} failed:\n{rep.payload if type(rep) is SlotReply else rep}")
+            if rep.payload is None:
+                got.update(dict.fromkeys(remote[lead]))
+            else:
+                got.update(rep.payload)
+        return {c: got[c] for c in cmds}  # in the order asked (pCPU order), as inline
 
     def _wait(self, n: int) -> None:
         got = 0
@@ -233,8 +284,9 @@ class ShmPorts:
                 pass
 
 
-def serve(seg: Segment, cmd_fd: int, done_fd: int, step: Callable[[Command], Reply], pcpu: int, leader_pid: int) -> Any:
-    """A follower pCPU's loop: wait for a command, step, reply. Returns the final report."""
+def serve(seg: Segment, cmd_fd: int, done_fd: int, steps: dict[int, Callable[[Command], Reply]], slot: int, leader_pid: int) -> dict[int, Any] | None:
+    """A stepping process's loop: wait for a command, step its pCPUs, reply. Returns the final
+    reports by pCPU (None when stopped, or when the master is gone)."""
     while True:
         r, _, _ = select.select([cmd_fd], [], [], POLL_S)
         if not r:
@@ -242,18 +294,21 @@ def serve(seg: Segment, cmd_fd: int, done_fd: int, step: Callable[[Command], Rep
                 return None
             continue
         os.read(cmd_fd, 1)
-        cmd = seg.read(IN, pcpu)
-        if type(cmd) is Stop:
-            return None
+        slots = len(steps)
         try:
-            reply = step(cmd)
+            cmd = seg.read(IN, slot)
+            if type(cmd) is Stop:
+                return None
+            if type(cmd) is not GroupCmd:
+                raise TransportError(f"unknown command {type(cmd).__name__} for the process stepping pCPUs {sorted(steps)}")
+            replies = {c: steps[c](x) for c, x in cmd.cmds.items()}
         except Exception:
-            seg.write(OUT, pcpu, packb(SlotReply(False, traceback.format_exc())))
+            seg.write(OUT, slot, packb(SlotReply(False, traceback.format_exc())), slots)
             os.write(done_fd, b"x")
             continue
-        if type(cmd) is Finish:
-            seg.write(OUT, pcpu, packb(SlotReply(True, None)))
+        if any(type(x) is Finish for x in cmd.cmds.values()):
+            seg.write(OUT, slot, packb(SlotReply(True, None)), slots)
             os.write(done_fd, b"x")
-            return reply
-        seg.write(OUT, pcpu, packb(SlotReply(True, reply)))
+            return replies
+        seg.write(OUT, slot, packb(SlotReply(True, {c: seal_reply(r) for c, r in replies.items()})), slots)
         os.write(done_fd, b"x")

@@ -49,6 +49,8 @@ class Plan:
     power: PowerCfg | None = None
     #: the domain manager runs its control loop (cluster/control.py): policies, power or evacuations
     control: bool = False
+    #: Ray backend: processes stepping each host's pCPUs (a number, or "auto")
+    ray_processes_per_host: int | str = "auto"
 
 
 def host_spec(h: HostCfg | dict[str, Any], run: RunCfg | dict[str, Any]) -> HostSpec:
@@ -162,4 +164,5 @@ def build_plan(cfg: ClusterConfig) -> Plan:
         policies=cfg.policies,
         power=cfg.power,
         control=cfg.policies is not None or cfg.power is not None or any(isinstance(e.action, EvacuateAction) for e in events),
+        ray_processes_per_host=cfg.run.ray_processes_per_host,
     )

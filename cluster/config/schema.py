@@ -92,13 +92,17 @@ class RunCfg(_M):
     )
     skip_quiet_epochs: bool = Field(True, description="Skip boundaries at which provably nothing can happen (results are identical).")
     trace_max_events: int = Field(2_000_000, ge=0, le=MAX_TRACE_EVENTS, description="Run intervals kept per pCPU for the Perfetto trace (the digest covers all).")
-    control_period_ms: StepMs = Field(100.0, description="Longest simulated stretch hosts run between domain-manager steps, in ms (at least 1 ns).")
+    control_period_ms: StepMs = Field(100.0, description="Period of the domain manager's control loop (policies, power accounting, evacuations), in ms (at least 1 ns); without one, hosts run uninterrupted between events.")
     debug_checks: bool = Field(False, description="Check the scheduler contract at every context switch (slower; for tests).")
     boundary_rounds: int = Field(
         16,
         ge=0,
         le=64,
         description="Micro-rounds per epoch boundary: what a delivery causes (a tickle, a steal) is itself delivered at the same instant, up to this many times; 0 delivers it with the next epoch (faster, less faithful).",
+    )
+    ray_processes_per_host: Union[Literal["auto"], Annotated[int, Field(ge=1, le=4096)]] = Field(
+        "auto",
+        description="Ray backend: how many processes step each host's pCPUs (groups of consecutive pCPUs; every pCPU stays an actor). auto: one per pCPU where the node has a core for every pCPU placed on it, else the node's cores shared among its hosts; a number is capped at the host's pCPUs. Results do not depend on it.",
     )
     xentrace: bool = Field(
         False,

@@ -1,0 +1,137 @@
+"""Which process steps which pCPU under Ray (``run.ray_processes_per_host``): the split, the
+automatic choice, the sealing of vCPUs that leave a process, and results that do not depend
+on any of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import run_ivs, simulate_file
+from cluster.backends.ray_backend import pcpu_groups, processes_per_host
+from cluster.backends.shm import seal_cmd, seal_reply
+from hosts.codec import unpack_vcpu
+from hosts.messages import Run, RunReply, Tickle, Xfer, XferOut
+from hosts.vcpu import VcpuState, make_vid
+from hosts.wire import packb, unpackb
+
+
+@pytest.mark.parametrize(
+    "nr,procs,groups",
+    [
+        (4, 1, [(0, 1, 2, 3)]),
+        (4, 2, [(0, 1), (2, 3)]),
+        (5, 2, [(0, 1, 2), (3, 4)]),  # the larger group first: the master's
+        (7, 3, [(0, 1, 2), (3, 4), (5, 6)]),
+        (3, 8, [(0,), (1,), (2,)]),  # never more processes than pCPUs
+        (4, 0, [(0, 1, 2, 3)]),  # nor fewer than one
+        (1, 1, [(0,)]),
+    ],
+)
+def test_groups_are_consecutive_and_balanced(nr, procs, groups):
+    assert pcpu_groups(nr, procs) == groups
+
+
+def test_auto_gives_every_pcpu_a_core_when_the_node_has_enough():
+    # 2 hosts x 4 pCPUs on a 16-core node: the classic layout, one process per pCPU
+    assert processes_per_host({"a": 4, "b": 4}, {"a": "n", "b": "n"}, {"n": 16.0}, "auto") == {"a": 4, "b": 4}
+    # exactly enough cores
+    assert processes_per_host({"a": 4, "b": 4}, {"a": "n", "b": "n"}, {"n": 8.0}, "auto") == {"a": 4, "b": 4}
+
+
+def test_auto_shares_a_small_node_among_its_hosts():
+    # this machine's case: 2 cores, 2 hosts x 4 pCPUs -> one process per host
+    assert processes_per_host({"a": 4, "b": 4}, {"a": "n", "b": "n"}, {"n": 2.0}, "auto") == {"a": 1, "b": 1}
+    # more hosts than cores: still one each
+    assert processes_per_host({"a": 2, "b": 2, "c": 2}, dict.fromkeys("abc", "n"), {"n": 2.0}, "auto") == {"a": 1, "b": 1, "c": 1}
+    # 1 host of 16 pCPUs on 8 cores: 8 processes of 2 pCPUs
+    assert processes_per_host({"a": 16}, {"a": "n"}, {"n": 8.0}, "auto") == {"a": 8}
+    # hosts on different nodes count only against their own node's cores
+    got = processes_per_host({"a": 4, "b": 4, "c": 4}, {"a": "big", "b": "small", "c": "small"}, {"big": 4.0, "small": 2.0}, "auto")
+    assert got == {"a": 4, "b": 1, "c": 1}
+
+
+def test_a_number_is_capped_at_the_hosts_pcpus():
+    assert processes_per_host({"a": 4, "b": 2}, {"a": "n", "b": "n"}, {"n": 2.0}, 3) == {"a": 3, "b": 2}
+
+
+def _vcpu() -> VcpuState:
+    v = VcpuState(make_vid(3, 1), hard_affinity=(0, 2))
+    v.runstate_ns = [5, 6, 7, 8]
+    v.wake_ns = 1234
+    v.sched = {"credit": -50, "pri": 0}
+    return v
+
+
+def test_a_vcpu_object_leaving_a_process_travels_as_its_record():
+    v = _vcpu()
+    cmd = Run((Tickle(), Xfer(v, 1, False)), 10, 20)
+    sealed = seal_cmd(cmd)
+    assert isinstance(sealed.inbox[1].vcpu, bytes)
+    assert sealed.inbox[0] == Tickle() and sealed.inbox[1].how == 1 and (sealed.at, sealed.until) == (10, 20)
+    back = unpack_vcpu(unpackb(packb(sealed)).inbox[1].vcpu)  # and it does cross the wire
+    assert (back.vid, back.hard_affinity, back.runstate_ns, back.wake_ns, back.sched) == (v.vid, (0, 2), [5, 6, 7, 8], 1234, v.sched)
+    # a command with nothing to seal is passed on as it is
+    plain = Run((Tickle(),), 1, 2)
+    assert seal_cmd(plain) is plain
+
+    rep = RunReply([XferOut(7, v.vid, 2, v, 0)], None, 30, -1)
+    out = seal_reply(rep).out[0]
+    assert isinstance(out.vcpu, bytes) and (out.t, out.vid, out.to_pcpu) == (7, v.vid, 2)
+    assert unpack_vcpu(out.vcpu).runstate_ns == [5, 6, 7, 8]
+
+
+# one host of 3 pCPUs with more vCPUs than pCPUs, so that Credit moves vCPUs between pCPUs
+# (and so between processes when they are split), plus a second host and a live migration
+THREE = {
+    "run": {"seed": 5, "duration_ms": 1200},
+    "hosts": [
+        {"name": "h0", "pcpus": 3, "mem_mib": 1024, "scheduler": {"name": "credit"}},
+        {"name": "h1", "pcpus": 2, "mem_mib": 1024, "scheduler": {"name": "credit"}},
+    ],
+    "domains": [
+        {"name": "hog", "host": "h0", "vcpus": 3, "mem_mib": 32, "workload": {"kind": "cpu"}},
+        {"name": "io", "host": "h0", "vcpus": 3, "mem_mib": 32, "workload": {"kind": "io", "think_ms": 2, "burst_us": 500}},
+        {"name": "mover", "host": "h0", "vcpus": 1, "mem_mib": 32, "workload": {"kind": "memwrite", "dirty_mb_s": 50, "working_set_mib": 8}},
+    ],
+    "events": [{"at_ms": 300, "migrate": {"domain": "mover", "to": "h1"}}],
+}
+
+
+@pytest.fixture(scope="module")
+def three_cfg(tmp_path_factory):
+    import yaml
+
+    p = tmp_path_factory.mktemp("grouping") / "three.yaml"
+    p.write_text(yaml.safe_dump(THREE))
+    return p
+
+
+@pytest.fixture(scope="module")
+def three_inline(three_cfg):
+    return simulate_file(three_cfg)
+
+
+def _vcpus_seen_on(res, host: str) -> dict[int, set[int]]:
+    return {vid: {pc for _s, _e, pc in ivs} for vid, ivs in run_ivs(res, host).items()}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("procs,groups", [(1, [[0, 1, 2]]), (2, [[0, 1], [2]]), (3, [[0], [1], [2]])])
+def test_results_do_not_depend_on_the_grouping(ray_session, three_cfg, three_inline, procs, groups):
+    res = simulate_file(three_cfg, backend="ray", overrides=[f"run.ray_processes_per_host={procs}"])
+    assert res.summary["pcpu_processes"]["h0"] == groups
+    assert res.summary["trace_digest"] == three_inline.summary["trace_digest"]
+    assert [(p["busy_ns"], p["idle_ns"]) for p in res.summary["pcpus"]] == [(p["busy_ns"], p["idle_ns"]) for p in three_inline.summary["pcpus"]]
+    assert [m["downtime_ms"] for m in res.summary["migrations"]] == [m["downtime_ms"] for m in three_inline.summary["migrations"]]
+    # every report came back, from whichever process stepped it
+    assert [r.pcpu for r in res.reports["h0"]] == [0, 1, 2]
+    for a, b in zip(res.reports["h0"], three_inline.reports["h0"]):
+        assert a.digest == b.digest and np.array_equal(np.frombuffer(a.trace, np.int64), np.frombuffer(b.trace, np.int64))
+
+
+def test_the_workload_moves_vcpus_between_groups(three_inline):
+    """The grouping test above is only worth something if vCPUs cross from pCPUs 0-1 to 2."""
+    seen = _vcpus_seen_on(three_inline, "h0")
+    assert any(pcs & {0, 1} and 2 in pcs for pcs in seen.values())
+    assert len(three_inline.summary["migrations"]) == 1
