@@ -216,13 +216,24 @@ def make_backend(name: str, plan: Plan, resolved: dict[str, Any], *, tag: str, a
     raise ValueError(f"unknown backend {name!r}; use ray or inline")
 
 
+#: the driver looks in (progress bar, progress file, Ctrl-C) about this often, in wall s
+PAUSE_WALL_S = 0.25
+
+
 def _drive(mgr: ManagerClient, plan: Plan, progress: Callable[[int, int], None] | None) -> None:
-    """Run to the end in chunks (pure pause points: results do not depend on them)."""
+    """Run to the end in chunks that take about ``PAUSE_WALL_S`` each: a small first one, then
+    sized from the speed measured so far (at most 4x the last). They are pure pause points, so
+    results do not depend on them; sizing them by wall time keeps the Ray backend's cost of a
+    pause (a round of actor calls) small against the work between pauses."""
     end = plan.duration_ns
-    chunk = max(end // 50, 1_000_000)
+    step = max(end // 200, 1_000_000)
     t = 0
     while t < end:
-        t = min(end, t + chunk)
-        mgr.run_until(t)
+        nxt = min(end, t + step)
+        t0 = time.perf_counter()
+        mgr.run_until(nxt)
+        wall = time.perf_counter() - t0
+        step = max(1_000_000, min(4 * step, int((nxt - t) * PAUSE_WALL_S / max(wall, 1e-6))))
+        t = nxt
         if progress is not None:
             progress(t, end)
