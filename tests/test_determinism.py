@@ -67,3 +67,26 @@ def test_quickstart_inline_equals_ray(ray_session):
     assert a.summary["trace_digest"] == b.summary["trace_digest"]
     assert runstates(a.summary) == runstates(b.summary)
     assert [(p["busy_ns"], p["idle_ns"]) for p in a.summary["pcpus"]] == [(p["busy_ns"], p["idle_ns"]) for p in b.summary["pcpus"]]
+
+
+def test_driver_pauses_grow_from_a_small_first_step_to_the_end():
+    """The driver's pauses (cluster.runner._drive) are sized by wall time; whatever the
+    machine's speed they start small, grow at most 4x a step and end exactly at the end."""
+    from cluster.backends.inline import InlineBackend
+    from cluster.config import build_plan, load_config
+    from cluster.runner import _drive
+
+    cfg, _resolved = load_config(QS, SHORT)
+    plan = build_plan(cfg)
+    mgr = InlineBackend(plan).start()
+    mgr.setup()
+    stops: list[int] = []
+    inner = mgr.run_until
+    mgr.run_until = lambda t: (stops.append(t), inner(t))[1]  # type: ignore[method-assign]
+    seen: list[tuple[int, int]] = []
+    _drive(mgr, plan, lambda t, end: seen.append((t, end)))
+    assert stops[0] == max(plan.duration_ns // 200, 1_000_000)
+    assert stops[-1] == plan.duration_ns and stops == sorted(set(stops))
+    steps = [b - a for a, b in zip([0] + stops, stops)]
+    assert all(b <= 4 * a for a, b in zip(steps, steps[1:-1]))  # the last may be cut short
+    assert seen == [(t, plan.duration_ns) for t in stops]
