@@ -76,6 +76,8 @@ DOC_CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], None], str
     ("migrate.resume_us=inf", TWO_HOSTS, at("events.0.migrate.resume_us", INF), "resume_us"),
     ("links.latency_us=inf", TWO_HOSTS, at("links.0.latency_us", INF), "latency_us"),
     ("run.control_period_ms=inf", ONE_HOST, at("run.control_period_ms", INF), "control_period_ms"),
+    ("run.ray_processes_per_host=0", ONE_HOST, at("run.ray_processes_per_host", 0), "ray_processes_per_host: must be auto or a whole number of processes from 1 to 4096"),
+    ("run.ray_processes_per_host=some", ONE_HOST, at("run.ray_processes_per_host", "some"), "ray_processes_per_host: must be auto"),
     ("hcall.at_ms=inf", ONE_HOST, workload(kind="hcall", nr=29, args=[0], at_ms=INF), "at_ms"),
     ("memwrite.dirty_mb_s=1e300", ONE_HOST, workload(kind="memwrite", dirty_mb_s=1e300), "dirty_mb_s"),
     ("periodic 1e-300", ONE_HOST, workload(kind="periodic", run_ms=1e-300, period_ms=1e-300), "run_ms"),

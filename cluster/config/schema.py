@@ -104,6 +104,13 @@ class RunCfg(_M):
         "auto",
         description="Ray backend: how many processes step each host's pCPUs (groups of consecutive pCPUs; every pCPU stays an actor). auto: one per pCPU where the node has a core for every pCPU placed on it, else the node's cores shared among its hosts; a number is capped at the host's pCPUs. Results do not depend on it.",
     )
+    @field_validator("ray_processes_per_host", mode="before")
+    @classmethod
+    def _auto_or_count(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and 1 <= v <= 4096):
+            return v
+        raise ValueError(f"must be auto or a whole number of processes from 1 to 4096, not {v!r}")
+
     xentrace: bool = Field(
         False,
         description="Write Xen's binary trace (what xentrace records: runstate changes, context switches, wakes, scheduler and hypercall records, TSC at 4 GHz) as xentrace.bin in the run directory (one xentrace.HOST.bin per host when there are several); xenalyze reads it.",
