@@ -6,10 +6,10 @@ and the doorbells, runs the ``HostEngine``, and is the only actor the domain man
 (one Ray call per host per coarse step).
 
 Which process steps which pCPU's ``PcpuCore`` is the host's *grouping* (``pcpu_groups``): with
-a core for every pCPU each pCPU actor steps its own, as Xen runs each pCPU on its own core;
-where the node has fewer cores than pCPUs (two cores for two hosts of four pCPUs), one process
-per core is faster, so a host's pCPUs are split into that many groups of consecutive pCPUs.
-The master steps the first group itself; each other group's first actor sits in one long
+spare cores each pCPU actor steps its own, as Xen runs each pCPU on its own core; where the
+node has no more cores than pCPUs (two cores for two hosts of four pCPUs), one process per
+host is faster (``processes_per_host``). A host's pCPUs are split into groups of consecutive
+pCPUs. The master steps the first group itself; each other group's first actor sits in one long
 ``serve`` call for the whole run, stepping its group when the master rings
 (``cluster.backends.shm``); that call's result is its pCPUs' final reports. The remaining
 actors of a group stay placed (they hold their pCPU's share of the host's resources and its
@@ -67,8 +67,11 @@ def processes_per_host(nr_pcpus: dict[str, int], node_of: dict[str, str], node_c
     """How many processes step each host's pCPUs.
 
     ``setting`` is ``run.ray_processes_per_host``: a number (capped at the host's pCPUs), or
-    ``auto``: every pCPU its own process where its node has a core for every pCPU placed on
-    it; else the node's cores shared among the hosts placed there, at least one per host.
+    ``auto``: one process per pCPU (Xen's own layout) where the node has more cores than the
+    pCPUs placed on it, leaving room for the domain manager and Ray's own processes; else one
+    process per host. Measured on two cores, splitting a host never paid: a boundary's work per
+    pCPU is microseconds, waking another process costs more (README, "Which process steps
+    which pCPU").
     """
     if setting != "auto":
         return {h: max(1, min(int(setting), n)) for h, n in nr_pcpus.items()}
@@ -77,11 +80,8 @@ def processes_per_host(nr_pcpus: dict[str, int], node_of: dict[str, str], node_c
         on_node.setdefault(node, []).append(h)
     out: dict[str, int] = {}
     for node, hosts in on_node.items():
-        cores = int(node_cpus.get(node, 1.0))
-        if cores >= sum(nr_pcpus[h] for h in hosts):
-            out.update({h: nr_pcpus[h] for h in hosts})
-        else:
-            out.update({h: max(1, min(cores // len(hosts), nr_pcpus[h])) for h in hosts})
+        roomy = int(node_cpus.get(node, 1.0)) > sum(nr_pcpus[h] for h in hosts)
+        out.update({h: nr_pcpus[h] if roomy else 1 for h in hosts})
     return out
 
 
@@ -399,6 +399,9 @@ class RayBackend:
                 ).remote(hc, run_cfg, c, self.plan.seed, self.tag)
                 for c in range(spec.nr_pcpus)
             ]
+        # every actor up before the run starts: a pCPU actor still importing would take CPU from
+        # the stepping processes during the simulation
+        ray.get([a.whoami.remote() for acts in self.actors.values() for a in acts])
         seg_refs = {name: acts[0].create_segment.remote([list(g) for g in self.groups[name]]) for name, acts in self.actors.items()}
         segs = {name: ray.get(ref) for name, ref in seg_refs.items()}
         attach_refs = {

@@ -102,7 +102,7 @@ class RunCfg(_M):
     )
     ray_processes_per_host: Union[Literal["auto"], Annotated[int, Field(ge=1, le=4096)]] = Field(
         "auto",
-        description="Ray backend: how many processes step each host's pCPUs (groups of consecutive pCPUs; every pCPU stays an actor). auto: one per pCPU where the node has a core for every pCPU placed on it, else the node's cores shared among its hosts; a number is capped at the host's pCPUs. Results do not depend on it.",
+        description="Ray backend: how many processes step each host's pCPUs (groups of consecutive pCPUs; every pCPU stays an actor). auto: one per pCPU where the node has more cores than the pCPUs placed on it, else one per host; a number splits each host into that many groups of consecutive pCPUs (capped at its pCPUs). Results do not depend on it.",
     )
     @field_validator("ray_processes_per_host", mode="before")
     @classmethod
