@@ -8,10 +8,12 @@ code ask the engine to keep. Only the engine writes here.
 
 from __future__ import annotations
 
+from typing import Final
+
 import hashlib
 from array import array
 
-DIGEST_CHUNK = 3 * 4096  # switches buffered before they are hashed
+DIGEST_CHUNK: Final = 3 * 4096  # switches buffered before they are hashed
 
 
 class PcpuBooks:

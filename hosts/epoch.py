@@ -34,7 +34,7 @@ from __future__ import annotations
 from hosts.errors import HostError as HostError  # re-exported: defined apart so this module can be compiled
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
@@ -75,9 +75,9 @@ from hosts.sched.base import PoolScheduler
 from hosts.sched.messages import Give, StealRequest
 from hosts.vcpu import vid_dom
 
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
-MAX_REFILL = 1 << 16  # frames given to one pCPU's allocation cache per boundary
+MAX_REFILL: Final = 1 << 16  # frames given to one pCPU's allocation cache per boundary
 
 #: a message as routed: (emission time, source pCPU, index in its outbox, message)
 Routed = tuple[int, int, int, Any]

@@ -20,15 +20,15 @@ PV-only hypercall get ``-ENOSYS``, a bad port ``-EINVAL``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Callable, Final, Protocol, Union
 
 from hosts.clock import MS, NEVER
 from hosts.domain import DomainInfo, EvtchnBinding
 from hosts.paging import PagingModel
 from hosts.vcpu import VcpuState, make_vid
 
-ACT_COMPUTE = 0
-ACT_HCALL = 1
+ACT_COMPUTE: Final = 0
+ACT_HCALL: Final = 1
 
 # Hypercall numbers (xen/include/public/xen.h).
 HYPERVISOR_mmu_update = 1
@@ -40,7 +40,7 @@ HYPERVISOR_mmuext_op = 26
 HYPERVISOR_sched_op = 29
 HYPERVISOR_event_channel_op = 32
 
-NAMES = {
+NAMES: Final = {
     HYPERVISOR_mmu_update: "mmu_update",
     HYPERVISOR_memory_op: "memory_op",
     HYPERVISOR_set_timer_op: "set_timer_op",
@@ -55,7 +55,7 @@ SCHEDOP_yield = 0
 SCHEDOP_block = 1
 SCHEDOP_shutdown = 2
 SCHEDOP_poll = 3
-SCHEDOP_POLL_MAX_PORTS = 128
+SCHEDOP_POLL_MAX_PORTS: Final = 128
 
 SHUTDOWN_poweroff = 0
 SHUTDOWN_suspend = 2
@@ -67,21 +67,21 @@ EVTCHNOP_alloc_unbound = 6
 XENMEM_increase_reservation = 0
 XENMEM_decrease_reservation = 1
 XENMEM_populate_physmap = 6
-MEMOP_EXTENT_SHIFT = 6
-MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+MEMOP_EXTENT_SHIFT: Final = 6
+MEMOP_CMD_MASK: Final = (1 << MEMOP_EXTENT_SHIFT) - 1
 
-MMU_UPDATE_PREEMPTED = 1 << 31  # ~(~0U >> 1) on a 32-bit count
-MMUEXT_NEW_BASEPTR = 5
-MMUEXT_TLB_FLUSH_LOCAL = 6
+MMU_UPDATE_PREEMPTED: Final = 1 << 31  # ~(~0U >> 1) on a 32-bit count
+MMUEXT_NEW_BASEPTR: Final = 5
+MMUEXT_TLB_FLUSH_LOCAL: Final = 6
 
-ENOSYS = 38
-EINVAL = 22
-ENOMEM = 12
-EFAULT = 14
+ENOSYS: Final = 38
+EINVAL: Final = 22
+ENOMEM: Final = 12
+EFAULT: Final = 14
 
 #: Port numbers below zero are virtual IRQs delivered to one vCPU.
-VIRQ_TIMER = -1
-PORTS_PER_VCPU = 64
+VIRQ_TIMER: Final = -1
+PORTS_PER_VCPU: Final = 64
 
 
 @dataclass
@@ -158,7 +158,7 @@ def signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
+_ARG_REGS: Final = ("rdi", "rsi", "rdx", "r10", "r8")
 
 
 def load_args(v: VcpuState, nr: int, args: tuple[Any, ...]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from hosts.errors import InvariantError as InvariantError  # re-exported: defined apart so this module can be compiled
 
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Final
 
 from hosts.books import PcpuBooks
 from hosts.clock import NEVER
@@ -26,14 +26,14 @@ from hosts.events import PRIO_TIMER, EventQueue
 from hosts.tracelog import new_buffer
 
 # Event kinds.
-EV_S_TIMER = 0  # the scheduler's decision timer (Xen's s_timer)
-EV_SCHED_TIMER = 1  # a timer the scheduler armed by name (Credit's tick)
-EV_VCPU_TIMER = 2  # a vCPU's singleshot timer (set_timer_op)
-EV_BURST = 3  # the running vCPU's compute burst or hypercall ends
-EV_POLL_TIMEOUT = 4
+EV_S_TIMER: Final = 0  # the scheduler's decision timer (Xen's s_timer)
+EV_SCHED_TIMER: Final = 1  # a timer the scheduler armed by name (Credit's tick)
+EV_VCPU_TIMER: Final = 2  # a vCPU's singleshot timer (set_timer_op)
+EV_BURST: Final = 3  # the running vCPU's compute burst or hypercall ends
+EV_POLL_TIMEOUT: Final = 4
 
-MODE_GUEST = 0
-MODE_XEN = 1
+MODE_GUEST: Final = 0
+MODE_XEN: Final = 1
 
 
 class EventLoop:

@@ -20,7 +20,7 @@ SCHEDULE softirq runs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from hosts.codec import pack_vcpu, unpack_vcpu
 from hosts.domain import DomainInfo, EvtchnBinding
@@ -76,7 +76,7 @@ from pydantic import BaseModel
 
 __all__ = ["PcpuCore", "InvariantError"]
 
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class PcpuCore(GuestCpu):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from array import array
 from heapq import heappush
-from typing import Any
+from typing import Any, Final
 
 from hosts.clock import NEVER
 from hosts.codec import pack_vcpu
@@ -62,8 +62,8 @@ from hosts.vcpu import (
     VcpuState,
 )
 
-SOFTIRQ_LOOP_MAX = 1000  # a scheduler that keeps re-raising at one instant is livelocked
-VIRQ_TIMER = -1  # ports below zero are virtual IRQs of one vCPU
+SOFTIRQ_LOOP_MAX: Final = 1000  # a scheduler that keeps re-raising at one instant is livelocked
+VIRQ_TIMER: Final = -1  # ports below zero are virtual IRQs of one vCPU
 
 
 class SchedulingCpu(EventLoop):

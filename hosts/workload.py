@@ -15,7 +15,7 @@ was cut short by a preemption) and ``on_events`` runs when the guest's event upc
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 
 import numpy as np
@@ -60,10 +60,10 @@ from hosts.workload_params import (  # re-exported: the parameters live apart so
     PingPongParams as PingPongParams,
 )
 
-HUGE_NS = 1 << 50
+HUGE_NS: Final = 1 << 50
 
-A = hc.ACT_COMPUTE
-H = hc.ACT_HCALL
+A: Final = hc.ACT_COMPUTE
+H: Final = hc.ACT_HCALL
 
 #: what a guest does next: (ACT_COMPUTE, ns, ()) or (ACT_HCALL, number, arguments)
 Action = tuple[int, int, tuple[Any, ...]]

@@ -17,7 +17,7 @@ the pool (idlers, sort epoch) as of the last boundary plus its own tickles.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
 from hosts.sched.affinity import Masks, balance_mask, cycle, has_soft_affinity
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class CreditScheduler(PcpuScheduler):

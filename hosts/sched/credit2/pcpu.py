@@ -20,7 +20,7 @@ busy pCPUs to tickle in id order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
 from hosts.sched.base import Decision, unknown
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class Credit2Scheduler(Credit2PcpuBudget):

@@ -18,7 +18,7 @@ in credit order, FIFO among equals.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
 from hosts.sched.base import PcpuScheduler, SchedContext
@@ -27,7 +27,7 @@ from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, 
 from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
 from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
 
-INT_MIN = -(1 << 31)
+INT_MIN: Final = -(1 << 31)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
