@@ -111,6 +111,7 @@ class PcpuCore(GuestCpu):
         self.destroyed: dict[int, int] = {}  # uid -> when its domain left this pCPU's table
         self.tracing = xentrace  # record Xen trace records (hosts.tracelog); before the scheduler reads it
         self.sched = sched_entry.pcpu(self, sched_params)
+        self.skip_noops = self.sched.timeless_summary  # see EventLoop.horizon
 
     # ========================================================================================
     # the boundary protocol
@@ -126,9 +127,8 @@ class PcpuCore(GuestCpu):
             self.advance(until)
             out = self.outbox
             self.outbox = []
-            heap = self._heap
             # tuple.__new__ skips the NamedTuple's Python-level __new__: one reply per command
-            return _new(RunReply, (out, self.sched.summary(), heap[0][0] if heap else NEVER, self.curr.vid if self.curr is not None else -1))
+            return _new(RunReply, (out, self.sched.summary(), self.horizon() if self.skip_noops else self.next_event_ns(), self.curr.vid if self.curr is not None else -1))
         if type(cmd) is Finish:
             if cmd.end > self.now:
                 self.advance(cmd.end)

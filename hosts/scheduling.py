@@ -28,6 +28,7 @@ from hosts.domain import DomainInfo
 from hosts.events import PRIO_TIMER
 from hosts.hypercalls import LongOp
 from hosts.loop import (
+    EV_BURST,
     EV_POLL_TIMEOUT,
     EV_S_TIMER,
     EV_SCHED_TIMER,
@@ -210,6 +211,28 @@ class SchedulingCpu(EventLoop):
             if v is not None and v.poll_timeout_ns == t and v.pause_flags & VPF_BLOCKED and v.poll_ports:
                 self._timer_irq()
                 self.unblock(v)
+
+    def _live_at(self, t: int, kind: int, arg: Any) -> int:
+        """What ``_dispatch`` (and the loop, for a burst) would do with the event now: the
+        same tests, without the effects."""
+        if kind == EV_BURST:
+            return t if arg == self.gen else NEVER
+        if kind == EV_S_TIMER:
+            if arg != self.s_armed:
+                return NEVER
+            return t if t >= self.s_deadline else self.s_deadline  # early: re-arms for the deadline
+        if kind == EV_SCHED_TIMER:
+            name, tok = arg
+            return t if self.timers.get(name) == tok else NEVER
+        vid, when = arg
+        v = self.vcpus.get(vid)
+        if v is None:
+            return NEVER
+        if kind == EV_VCPU_TIMER:
+            return t if v.singleshot_ns == when else NEVER
+        if kind == EV_POLL_TIMEOUT and v.poll_timeout_ns == when and v.pause_flags & VPF_BLOCKED and v.poll_ports:
+            return t
+        return NEVER
 
     def _softirqs(self) -> None:
         """do_softirq: SCHEDULE runs again while it is raised anew at this instant, also from

@@ -38,6 +38,7 @@ _new: Final = tuple.__new__
 class CreditScheduler(PcpuScheduler):
     name = "credit"
     unit_type = CreditVcpu
+    timeless_summary = True
     params: CreditParams
 
     def __init__(self, ctx: SchedContext, params: CreditParams) -> None:

@@ -51,6 +51,7 @@ _UNSEEN = object()
 class RtdsScheduler(PcpuScheduler):
     name = "rtds"
     unit_type = RtdsUnit
+    timeless_summary = True
     params: RtdsParams
 
     def __init__(self, ctx: SchedContext, params: RtdsParams) -> None:
