@@ -63,6 +63,9 @@ from hosts.vcpu import (
     VcpuState,
 )
 
+#: builds a NamedTuple without its Python-level __new__ (messages are built at every step)
+_new: Final = tuple.__new__
+
 SOFTIRQ_LOOP_MAX: Final = 1000  # a scheduler that keeps re-raising at one instant is livelocked
 VIRQ_TIMER: Final = -1  # ports below zero are virtual IRQs of one vCPU
 
@@ -99,13 +102,13 @@ class SchedulingCpu(EventLoop):
         if cpu == self.pcpu:
             self.raise_softirq()
         else:
-            self.outbox.append(TickleOut(self.now, cpu))
+            self.outbox.append(_new(TickleOut, (self.now, cpu)))
 
     def pool_msg(self, payload: Any) -> None:
-        self.outbox.append(PoolOut(self.now, payload))
+        self.outbox.append(_new(PoolOut, (self.now, payload)))
 
     def request_steal(self, pri: int) -> None:
-        self.outbox.append(StealReq(self.now, pri))
+        self.outbox.append(_new(StealReq, (self.now, pri)))
 
     def park(self, v: VcpuState) -> None:
         self._pause_vcpu(v)
@@ -345,7 +348,7 @@ class SchedulingCpu(EventLoop):
     def _send_vcpu(self, v: VcpuState, to_pcpu: int, how: int) -> None:
         self._forget(v.vid)
         v.sched = self.sched.udata_to_wire(v.sched)
-        self.outbox.append(XferOut(self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how))
+        self.outbox.append(_new(XferOut, (self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how)))
 
     def _forget(self, vid: int) -> None:
         """A vCPU leaves this pCPU's books (the guest layer drops its workload too)."""
@@ -376,7 +379,7 @@ class SchedulingCpu(EventLoop):
         if v is not None:
             self.mark_pending(v, port, payload)
         else:
-            self.outbox.append(EvtOut(self.now, vid, port, payload))
+            self.outbox.append(_new(EvtOut, (self.now, vid, port, payload)))
 
     def unblock(self, v: VcpuState) -> None:
         """vcpu_unblock: clear VPF_blocked and any poll state, then vcpu_wake."""

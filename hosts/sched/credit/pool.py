@@ -19,7 +19,7 @@ against the runqueues as the earlier steals of the round left them, peers walked
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Final, Mapping, Sequence
 
 from hosts.clock import MS, US
 from hosts.domain import DomainInfo
@@ -43,6 +43,9 @@ from hosts.sched.messages import (
 from hosts.vcpu import make_vid, vid_dom
 
 Out = dict[int, list[Instruction]]
+
+#: builds a NamedTuple without its Python-level __new__
+_new: Final = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -202,7 +205,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
             per_unit = (credit_fair + (count - 1)) // count
             for vid in list(sd.active):
                 pcpu = self.locate(vid)
-                out.setdefault(pcpu, []).append(CreditAcct(vid, per_unit, sd.cap != 0, cap_thr))
+                out.setdefault(pcpu, []).append(_new(CreditAcct, (vid, per_unit, sd.cap != 0, cap_thr)))
         self.runq_sort += 1
 
     def steal(self, summaries: Mapping[int, CreditSummary | None], steal_reqs: Sequence[StealRequest], out: Out) -> None:
@@ -254,7 +257,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
             state[peer].nr_runnable -= 1
             me.curr_vid, me.curr_pri = q.vid, q.pri
             me.nr_runnable += 1
-            out.setdefault(peer, []).append(Give(q.vid, cpu))
+            out.setdefault(peer, []).append(_new(Give, (q.vid, cpu)))
 
     def dump(self) -> dict[str, Any]:
         return {
