@@ -86,7 +86,7 @@ class PcpuBooks:
             d.clear()
 
     def _flush_trace(self) -> None:
-        self.trace.extend(self._tbuf)
+        self.trace.fromlist(self._tbuf)
         self._tbuf.clear()
 
     def close(self, now: int, curr_vid: int) -> None:

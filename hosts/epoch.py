@@ -395,8 +395,13 @@ class EpochEngine:
                     else:
                         pool_items.setdefault(c, []).append(_new(PoolInstr, (it,)))
         inbox: dict[int, list[InboxItem]] = {}
-        for c in set(gives) | set(xfers) | set(others) | set(pool_items):
-            inbox[c] = gives.get(c, []) + xfers.get(c, []) + others.get(c, []) + pool_items.get(c, [])
+        for part in (gives, xfers, others, pool_items):  # in this order for each pCPU
+            for c, its in part.items():
+                box = inbox.get(c)
+                if box is None:
+                    inbox[c] = its
+                else:
+                    box.extend(its)
         return inbox
 
     def _take_pending(self, c: int) -> list[InboxItem]:

@@ -158,16 +158,22 @@ def signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-_ARG_REGS: Final = ("rdi", "rsi", "rdx", "r10", "r8")
+
+
+def _arg(a: Any) -> int:
+    """An argument as its register value (an int; anything else, a structure, is 0)."""
+    return a if type(a) is int else (int(a) if isinstance(a, int) else 0)
 
 
 def load_args(v: VcpuState, nr: int, args: tuple[Any, ...]) -> None:
     regs = v.regs
     regs["rax"] = nr
     n = len(args)
-    for i, name in enumerate(_ARG_REGS):
-        a = args[i] if i < n else 0
-        regs[name] = a if type(a) is int else (int(a) if isinstance(a, int) else 0)
+    regs["rdi"] = _arg(args[0]) if n > 0 else 0
+    regs["rsi"] = _arg(args[1]) if n > 1 else 0
+    regs["rdx"] = _arg(args[2]) if n > 2 else 0
+    regs["r10"] = _arg(args[3]) if n > 3 else 0
+    regs["r8"] = _arg(args[4]) if n > 4 else 0
     # a trailing dict is the guest structure the pointer argument designates
     v.hcall_args = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
 

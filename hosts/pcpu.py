@@ -148,6 +148,12 @@ class PcpuCore(GuestCpu):
                 self.view.extra = it.extra
             elif t is PoolInstr:
                 self.sched.apply_pool(it.instr)
+            elif t is Evt:  # and the next most frequent ones with a direct (native) call
+                _on_evt(self, it)
+            elif t is Xfer:
+                _on_xfer(self, it)
+            elif t is Give:
+                _on_give(self, it)
             else:
                 h = table.get(t)
                 if h is None:

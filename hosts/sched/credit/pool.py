@@ -58,6 +58,16 @@ class _Peer:
     nr_runnable: int
 
 
+def _touch(state: dict[int, _Peer], summaries: Mapping[int, CreditSummary | None], c: int) -> _Peer:
+    """pCPU c's copy in ``state``, made from its summary the first time."""
+    ps = state.get(c)
+    if ps is None:
+        s = summaries[c]
+        assert s is not None
+        ps = state[c] = _Peer(s.curr_vid, s.curr_pri, list(s.runq), s.nr_runnable)
+    return ps
+
+
 class CreditPool(PoolScheduler[CreditSummary]):
     """Pool-wide data (``struct csched_private``): accounting and work stealing."""
 
@@ -210,17 +220,31 @@ class CreditPool(PoolScheduler[CreditSummary]):
 
     def steal(self, summaries: Mapping[int, CreditSummary | None], steal_reqs: Sequence[StealRequest], out: Out) -> None:
         """csched_load_balance for each pCPU that asked, against the current runqueues."""
-        state = {c: _Peer(s.curr_vid, s.curr_pri, list(s.runq), s.nr_runnable) for c, s in summaries.items() if s is not None}
+        # the summaries as the steals of this call change them: a pCPU's copy is made when
+        # a steal first touches it (most requests find better work or nothing to take)
+        state: dict[int, _Peer] = {}
         for _t, cpu, _pri in steal_reqs:
-            me = state.get(cpu)
-            if me is None:
+            s = summaries.get(cpu)
+            if s is None:
                 continue
-            pri = me.curr_pri
-            if me.runq:
-                pri = max(pri, me.runq[0].pri)
+            me = state.get(cpu)
+            if me is not None:
+                pri = me.curr_pri
+                if me.runq:
+                    pri = max(pri, me.runq[0].pri)
+            else:
+                pri = s.curr_pri
+                if s.runq:
+                    pri = max(pri, s.runq[0].pri)
             if pri > PRI_OVER:
                 continue  # found better work since asking
-            workers = {c for c, s in state.items() if s.curr_vid >= 0 and c != cpu}
+            workers = set()
+            for c, sc in summaries.items():
+                if sc is None or c == cpu:
+                    continue
+                pc = state.get(c)
+                if (pc.curr_vid if pc is not None else sc.curr_vid) >= 0:
+                    workers.add(c)
             if not workers:
                 continue
             got = None
@@ -228,9 +252,12 @@ class CreditPool(PoolScheduler[CreditSummary]):
                 first = cycle(self.balance_bias, workers)
                 peer = first
                 while True:
-                    ps = state[peer]
-                    if ps.nr_runnable > 1:
-                        for j, q in enumerate(ps.runq):
+                    ps = state.get(peer)
+                    sp = summaries[peer]
+                    assert sp is not None  # workers have summaries
+                    runq = ps.runq if ps is not None else sp.runq
+                    if (ps.nr_runnable if ps is not None else sp.nr_runnable) > 1:
+                        for j, q in enumerate(runq):
                             if q.pri <= pri:
                                 break
                             hard, soft = self.masks(q.vid)
@@ -253,8 +280,10 @@ class CreditPool(PoolScheduler[CreditSummary]):
                 continue
             peer, j, q = got
             self.balance_bias = peer
-            del state[peer].runq[j]
-            state[peer].nr_runnable -= 1
+            ps = _touch(state, summaries, peer)
+            del ps.runq[j]
+            ps.nr_runnable -= 1
+            me = _touch(state, summaries, cpu)
             me.curr_vid, me.curr_pri = q.vid, q.pri
             me.nr_runnable += 1
             out.setdefault(peer, []).append(_new(Give, (q.vid, cpu)))
