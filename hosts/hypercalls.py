@@ -31,14 +31,14 @@ ACT_COMPUTE: Final = 0
 ACT_HCALL: Final = 1
 
 # Hypercall numbers (xen/include/public/xen.h).
-HYPERVISOR_mmu_update = 1
-HYPERVISOR_memory_op = 12
-HYPERVISOR_set_timer_op = 15
-HYPERVISOR_xen_version = 17
-HYPERVISOR_vcpu_op = 24
-HYPERVISOR_mmuext_op = 26
-HYPERVISOR_sched_op = 29
-HYPERVISOR_event_channel_op = 32
+HYPERVISOR_mmu_update: Final = 1
+HYPERVISOR_memory_op: Final = 12
+HYPERVISOR_set_timer_op: Final = 15
+HYPERVISOR_xen_version: Final = 17
+HYPERVISOR_vcpu_op: Final = 24
+HYPERVISOR_mmuext_op: Final = 26
+HYPERVISOR_sched_op: Final = 29
+HYPERVISOR_event_channel_op: Final = 32
 
 NAMES: Final = {
     HYPERVISOR_mmu_update: "mmu_update",
@@ -51,22 +51,22 @@ NAMES: Final = {
     HYPERVISOR_event_channel_op: "event_channel_op",
 }
 
-SCHEDOP_yield = 0
-SCHEDOP_block = 1
-SCHEDOP_shutdown = 2
-SCHEDOP_poll = 3
+SCHEDOP_yield: Final = 0
+SCHEDOP_block: Final = 1
+SCHEDOP_shutdown: Final = 2
+SCHEDOP_poll: Final = 3
 SCHEDOP_POLL_MAX_PORTS: Final = 128
 
-SHUTDOWN_poweroff = 0
-SHUTDOWN_suspend = 2
+SHUTDOWN_poweroff: Final = 0
+SHUTDOWN_suspend: Final = 2
 
-EVTCHNOP_bind_interdomain = 0
-EVTCHNOP_send = 4
-EVTCHNOP_alloc_unbound = 6
+EVTCHNOP_bind_interdomain: Final = 0
+EVTCHNOP_send: Final = 4
+EVTCHNOP_alloc_unbound: Final = 6
 
-XENMEM_increase_reservation = 0
-XENMEM_decrease_reservation = 1
-XENMEM_populate_physmap = 6
+XENMEM_increase_reservation: Final = 0
+XENMEM_decrease_reservation: Final = 1
+XENMEM_populate_physmap: Final = 6
 MEMOP_EXTENT_SHIFT: Final = 6
 MEMOP_CMD_MASK: Final = (1 << MEMOP_EXTENT_SHIFT) - 1
 

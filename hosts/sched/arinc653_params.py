@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hosts.clock import MS, ms
 
 MAX_ENTRIES: Final = 64  # ARINC653_MAX_DOMAINS_PER_SCHEDULE
-DEFAULT_TIMESLICE_NS: Final = 10 * MS
+DEFAULT_TIMESLICE_NS: Final = 10_000_000  # 10 ms
 
 
 class Arinc653EntryCfg(BaseModel):

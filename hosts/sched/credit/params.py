@@ -13,7 +13,6 @@ from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hosts.clock import US
 
 PRI_BOOST: Final = 0
 PRI_UNDER: Final = -1
@@ -27,7 +26,7 @@ FLAG_MIGRATING: Final = 1 << 2
 FLAG_PINNED: Final = 1 << 3
 
 CREDITS_PER_MSEC: Final = 10
-MIN_TIMER_NS: Final = 100 * US  # CSCHED_MIN_TIMER = XEN_SYSCTL_SCHED_RATELIMIT_MIN
+MIN_TIMER_NS: Final = 100_000  # 100 us; CSCHED_MIN_TIMER = XEN_SYSCTL_SCHED_RATELIMIT_MIN
 
 
 class CreditParams(BaseModel):

@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
 
 #: the view before the pool half sent one
-NO_VIEW = Credit2View(0, {}, {}, {})
-_UNSEEN = object()
+NO_VIEW: Final = Credit2View(0, {}, {}, {})
+_UNSEEN: Final = object()
 
 # (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
 _Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]
