@@ -126,7 +126,8 @@ class EventLoop:
                 _t, _prio, _seq, kind, arg = heappop(heap)
                 n += 1
                 if kind == EV_BURST:  # the most frequent kind, handled without a dispatch call
-                    if arg == self.gen:
+                    g: int = arg  # a burst's token (compared natively)
+                    if g == self.gen:
                         self.busy_ev = False
                         self._burst_end()
                 else:
