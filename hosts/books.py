@@ -8,10 +8,12 @@ code ask the engine to keep. Only the engine writes here.
 
 from __future__ import annotations
 
+from typing import Final
+
 import hashlib
 from array import array
 
-DIGEST_CHUNK = 3 * 4096  # switches buffered before they are hashed
+DIGEST_CHUNK: Final = 3 * 4096  # switches buffered before they are hashed
 
 
 class PcpuBooks:
@@ -26,6 +28,8 @@ class PcpuBooks:
         "trace_dropped",
         "_dig",
         "_dbuf",
+        "_tbuf",
+        "_tlen",
         "wake_lat",
         "hv",
         "metrics",
@@ -42,7 +46,11 @@ class PcpuBooks:
         self.trace_max = trace_max
         self.trace_dropped = 0
         self._dig = hashlib.blake2b(digest_size=16)
-        self._dbuf = array("q")
+        # switches and run intervals gather in lists (a list append is native code, an array
+        # method call is not) and go into the hash and the trace array a chunk at a time
+        self._dbuf: list[int] = []
+        self._tbuf: list[int] = []
+        self._tlen = 0  # ints in the trace, buffered ones included
         self.wake_lat: dict[int, array[int]] = {}
         #: hypercall number -> [count, preemptions, stays (ns)]
         self.hv: dict[int, tuple[list[int], array[int]]] = {}
@@ -58,16 +66,28 @@ class PcpuBooks:
         else:
             self.busy_ns += delta
             if delta > 0:
-                if len(self.trace) < self.trace_max:
-                    self.trace.extend((self.last_switch_ns, now, prev_vid))
+                if self._tlen < self.trace_max:
+                    t = self._tbuf
+                    t.append(self.last_switch_ns)
+                    t.append(now)
+                    t.append(prev_vid)
+                    self._tlen += 3
+                    if len(t) >= DIGEST_CHUNK:
+                        self._flush_trace()
                 else:
                     self.trace_dropped += 1
         self.last_switch_ns = now
         d = self._dbuf
-        d.extend((now, prev_vid, next_vid))
+        d.append(now)
+        d.append(prev_vid)
+        d.append(next_vid)
         if len(d) >= DIGEST_CHUNK:
-            self._dig.update(d.tobytes())
-            del d[:]
+            self._dig.update(array("q", d).tobytes())
+            d.clear()
+
+    def _flush_trace(self) -> None:
+        self.trace.fromlist(self._tbuf)
+        self._tbuf.clear()
 
     def close(self, now: int, curr_vid: int) -> None:
         """The books at ``now`` with ``curr_vid`` still running (-1: idle)."""
@@ -76,9 +96,11 @@ class PcpuBooks:
             self.idle_ns += delta
         else:
             self.busy_ns += delta
-            if delta > 0 and len(self.trace) < self.trace_max:
-                self.trace.extend((self.last_switch_ns, now, curr_vid))
+            if delta > 0 and self._tlen < self.trace_max:
+                self._tbuf.extend((self.last_switch_ns, now, curr_vid))
+                self._tlen += 3
         self.last_switch_ns = now
+        self._flush_trace()
 
     def hypercall_left(self, nr: int, preempted: bool, stay_ns: int) -> None:
         st = self.hv.get(nr)
@@ -101,6 +123,6 @@ class PcpuBooks:
 
     def digest(self) -> str:
         if self._dbuf:
-            self._dig.update(self._dbuf.tobytes())
-            del self._dbuf[:]
+            self._dig.update(array("q", self._dbuf).tobytes())
+            self._dbuf.clear()
         return self._dig.hexdigest()

@@ -6,13 +6,15 @@ Every quantity in hvsim carries its unit in its name (``tslice_ms``, ``ratelimit
 
 from __future__ import annotations
 
-NS = 1
-US = 1_000
-MS = 1_000_000
-S = 1_000_000_000
+from typing import Final
+
+NS: Final = 1
+US: Final = 1_000
+MS: Final = 1_000_000
+S: Final = 1_000_000_000
 
 #: A time later than any simulation will reach (about 146 years), used for "never".
-NEVER = 1 << 62
+NEVER: Final = 1 << 62
 
 
 def us(x: float | int) -> int:

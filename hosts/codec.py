@@ -17,7 +17,7 @@ from __future__ import annotations
 from hosts.errors import RecordError as RecordError  # re-exported: defined apart so this module can be compiled
 
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Final, Iterable, Iterator
 
 import msgpack
 
@@ -25,19 +25,19 @@ from hosts.clock import NEVER
 from hosts.vcpu import REG_NAMES, VcpuState
 from hosts.workload import MAX_PAYLOAD, check_struct
 
-MAGIC = "HVSIM-STREAM"
-VERSION = 1
-VCPU_RECORD_VERSION = 1
+MAGIC: Final = "HVSIM-STREAM"
+VERSION: Final = 1
+VCPU_RECORD_VERSION: Final = 1
 
-REC_END = 0x0
-REC_PAGE_DATA = 0x1
-REC_DOMAIN = 0x2
-REC_VCPU = 0x4
-REC_SHARED_INFO = 0x7
-REC_CHECKPOINT = 0xE
-REC_OPTIONAL = 1 << 31
+REC_END: Final = 0x0
+REC_PAGE_DATA: Final = 0x1
+REC_DOMAIN: Final = 0x2
+REC_VCPU: Final = 0x4
+REC_SHARED_INFO: Final = 0x7
+REC_CHECKPOINT: Final = 0xE
+REC_OPTIONAL: Final = 1 << 31
 
-RECORD_NAMES = {
+RECORD_NAMES: Final = {
     REC_END: "END",
     REC_PAGE_DATA: "PAGE_DATA",
     REC_DOMAIN: "DOMAIN",
@@ -47,7 +47,7 @@ RECORD_NAMES = {
 }
 
 #: Xen's MAX_BATCH_SIZE: at most this many pages per PAGE_DATA record.
-MAX_BATCH_PAGES = 1024
+MAX_BATCH_PAGES: Final = 1024
 
 
 def _packb(obj: Any) -> bytes:
@@ -64,7 +64,7 @@ def _unpackb(data: bytes, what: str) -> Any:
 
 # --- vCPU records ----------------------------------------------------------------------------
 
-_VCPU_FIELDS = (
+_VCPU_FIELDS: Final = (
     "vid",
     "regs",
     "hcall_preempted",
@@ -87,8 +87,8 @@ _VCPU_FIELDS = (
     "hard_affinity",
     "soft_affinity",
 )
-_VCPU_REQUIRED = frozenset(_VCPU_FIELDS)
-_VCPU_KNOWN = _VCPU_REQUIRED | {"version", "sched"}
+_VCPU_REQUIRED: Final = frozenset(_VCPU_FIELDS)
+_VCPU_KNOWN: Final = _VCPU_REQUIRED | {"version", "sched"}
 
 
 def vcpu_to_body(v: VcpuState, *, with_sched: bool) -> dict[str, Any]:
@@ -128,20 +128,20 @@ def _opt_list(words: tuple[int, ...] | None) -> list[int] | None:
 #: What a version-1 vCPU record may hold, field by field (checked by ``vcpu_from_body``):
 #: times are ns from 0 to NEVER; registers are 64-bit unsigned; ports are 32-bit; pCPU ids
 #: are those a host may have (0..1023, -1 for none); vid is dom_uid << 12 | index.
-MAX_VID = (1 << 48) - 1
-MAX_PCPU = 1023
-MAX_PORTS = 4096  # poll and pending ports of one vCPU (Xen's poll takes at most 128)
+MAX_VID: Final = (1 << 48) - 1
+MAX_PCPU: Final = 1023
+MAX_PORTS: Final = 4096  # poll and pending ports of one vCPU (Xen's poll takes at most 128)
 #: most values in the plain-data fields (workload state, hypercall struct, scheduler data):
 #: an mmu_update batch in flight is 4096 [page, value] pairs
-MAX_PLAIN_VALUES = 1 << 16
-MAX_PLAIN_DEPTH = 8
-_U64 = (1 << 64) - 1
-_I64 = (-(1 << 63), (1 << 63) - 1)
-_I32 = (-(1 << 31), (1 << 31) - 1)
+MAX_PLAIN_VALUES: Final = 1 << 16
+MAX_PLAIN_DEPTH: Final = 8
+_U64: Final = (1 << 64) - 1
+_I64: Final = (-(1 << 63), (1 << 63) - 1)
+_I32: Final = (-(1 << 31), (1 << 31) - 1)
 
 
 #: (field, lowest, highest) of the integer fields
-_INT_FIELDS = (
+_INT_FIELDS: Final = (
     ("vid", 0, MAX_VID),
     ("state_entry_ns", 0, NEVER),
     ("pause_flags", 0, (1 << 32) - 1),
@@ -152,7 +152,7 @@ _INT_FIELDS = (
     ("last_pcpu", -1, MAX_PCPU),
 )
 #: (field, lowest, highest, exact length or None, longest) of the integer-list fields
-_LIST_FIELDS = (
+_LIST_FIELDS: Final = (
     ("regs", 0, _U64, len(REG_NAMES), len(REG_NAMES)),
     ("runstate_ns", 0, NEVER, 4, 4),
     ("poll_ports", *_I32, None, MAX_PORTS),
@@ -160,10 +160,10 @@ _LIST_FIELDS = (
     ("hard_affinity", 0, MAX_PCPU, None, MAX_PCPU + 1),
     ("soft_affinity", 0, MAX_PCPU, None, MAX_PCPU + 1),
 )
-_RNG_MAX = (_U64, _U64, _U64, _U64, 1, (1 << 32) - 1)
+_RNG_MAX: Final = (_U64, _U64, _U64, _U64, 1, (1 << 32) - 1)
 #: values a plain-data field may hold without a closer look (msgpack ints are 64-bit already)
-_FLAT = frozenset((int, bool, type(None), str, bytes))
-_NUMBERS = frozenset((int, bool, type(None)))
+_FLAT: Final = frozenset((int, bool, type(None), str, bytes))
+_NUMBERS: Final = frozenset((int, bool, type(None)))
 
 
 def _show(x: Any) -> str:

@@ -10,11 +10,11 @@ domid is not modelled.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final
 
-PAGING_MODES = ("pv", "hvm-shadow", "hvm-hap")
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+PAGING_MODES: Final = ("pv", "hvm-shadow", "hvm-hap")
+PAGE_SIZE: Final = 4096
+PAGE_SHIFT: Final = 12
 
 
 def mib_to_pages(mem_mib: int) -> int:

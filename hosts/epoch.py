@@ -34,7 +34,7 @@ from __future__ import annotations
 from hosts.errors import HostError as HostError  # re-exported: defined apart so this module can be compiled
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
@@ -75,9 +75,20 @@ from hosts.sched.base import PoolScheduler
 from hosts.sched.messages import Give, StealRequest
 from hosts.vcpu import vid_dom
 
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
-MAX_REFILL = 1 << 16  # frames given to one pCPU's allocation cache per boundary
+MAX_REFILL: Final = 1 << 16  # frames given to one pCPU's allocation cache per boundary
+
+_TICKLE: Final = Tickle()  # it carries nothing: one is enough
+
+
+def _not_only_views(items: list[InboxItem]) -> bool:
+    """Whether ``items`` hold anything but pool views (which wake nothing)."""
+    for it in items:
+        if type(it) is not View:
+            return True
+    return False
+
 
 #: a message as routed: (emission time, source pCPU, index in its outbox, message)
 Routed = tuple[int, int, int, Any]
@@ -215,8 +226,9 @@ class EpochEngine:
         if not self.spec.skip_quiet or self.held:
             return nxt
         # pending items other than views can wake vCPUs: no skipping past them
-        if any(type(it) is not View for items in self.pending.values() for it in items):
-            return nxt
+        for items in self.pending.values():
+            if _not_only_views(items):
+                return nxt
         h = min(self.horizons.values())
         cand = self._grid_after(h) if h < NEVER else NEVER
         for ps in self.pools.values():
@@ -246,15 +258,23 @@ class EpochEngine:
         nothing to do (no event before ``until``, nothing but pool views to receive): leaving it
         out changes nothing, it simply catches up at its next command."""
         cmds: dict[int, Command] = {}
+        pending = self.pending
+        horizons = self.horizons
+        now = self.now
         for c in self.cpus:
             items = inbox.get(c)
-            pend = self.pending.get(c)
+            pend = pending.get(c)
             if not items:
                 if not everyone:
                     continue
-                if self.horizons[c] >= until and not (pend and any(type(it) is not View for it in pend)):
+                if horizons[c] >= until and not (pend and _not_only_views(pend)):
                     continue
-            cmds[c] = _new(Run, (tuple(self._take_pending(c) + (items or [])), self.now, until))  # Run(...), without its Python __new__
+            if pend:
+                pending[c] = []
+                box = tuple(pend + items) if items else tuple(pend)
+            else:
+                box = tuple(items) if items else ()
+            cmds[c] = _new(Run, (box, now, until))  # Run(...), without its Python __new__
         return self.ports.exchange(cmds) if cmds else {}
 
     # --- the boundary ----------------------------------------------------------------------------
@@ -285,7 +305,8 @@ class EpochEngine:
         if self.held:
             msgs = self.held + msgs
             self.held = []
-        msgs.sort(key=lambda x: (x[0], x[1], x[2]))
+        if len(msgs) > 1:
+            msgs.sort(key=lambda x: (x[0], x[1], x[2]))
         return msgs
 
     def _boundary(self, replies: dict[int, RunReply]) -> None:
@@ -315,6 +336,15 @@ class EpochEngine:
     def _route(self, msgs: list[Routed], first_round: bool) -> dict[int, list[InboxItem]]:
         """Turn sorted messages (and the pools' boundary work) into per-pCPU inboxes, in the
         order a pCPU must handle them: gives, arrivals, messages, pool instructions."""
+        if not msgs:
+            if not first_round:
+                return {}
+            now = self.now
+            for ps in self.pools.values():
+                if ps.next_due(now) <= now:
+                    break
+            else:
+                return {}  # no message and no pool due: nothing to route
         gives: dict[int, list[InboxItem]] = {}
         xfers: dict[int, list[InboxItem]] = {}
         others: dict[int, list[InboxItem]] = {}
@@ -326,19 +356,19 @@ class EpochEngine:
             if type(m) is EvtOut:
                 c = directory.get(m.vid)
                 if c is not None:
-                    others.setdefault(c, []).append(Evt(m.vid, m.port, m.payload))
+                    others.setdefault(c, []).append(_new(Evt, (m.vid, m.port, m.payload)))
             elif type(m) is XferOut:
                 if vid_dom(m.vid) in self.domains:  # else destroyed meanwhile: the pCPU drops it
                     directory[m.vid] = m.to_pcpu
-                xfers.setdefault(m.to_pcpu, []).append(Xfer(m.vcpu, m.how, False))
+                xfers.setdefault(m.to_pcpu, []).append(_new(Xfer, (m.vcpu, m.how, False)))
             elif type(m) is StealReq:
-                steal_reqs.setdefault(self.pool_of[src], []).append(StealRequest(t, src, m.pri))
+                steal_reqs.setdefault(self.pool_of[src], []).append(_new(StealRequest, (t, src, m.pri)))
             elif type(m) is PoolOut:
                 pid = self.pool_of[src]
                 self.pools[pid].on_msg(src, m.payload)
                 told.add(pid)
             elif type(m) is TickleOut:
-                others.setdefault(m.cpu, []).append(Tickle())
+                others.setdefault(m.cpu, []).append(_TICKLE)
             elif type(m) is EvtchnBound:
                 dom = self.domains.get(m.uid)
                 if dom is not None:
@@ -363,10 +393,15 @@ class EpochEngine:
                     if type(it) is Give:
                         gives.setdefault(c, []).append(it)
                     else:
-                        pool_items.setdefault(c, []).append(PoolInstr(it))
+                        pool_items.setdefault(c, []).append(_new(PoolInstr, (it,)))
         inbox: dict[int, list[InboxItem]] = {}
-        for c in set(gives) | set(xfers) | set(others) | set(pool_items):
-            inbox[c] = gives.get(c, []) + xfers.get(c, []) + others.get(c, []) + pool_items.get(c, [])
+        for part in (gives, xfers, others, pool_items):  # in this order for each pCPU
+            for c, its in part.items():
+                box = inbox.get(c)
+                if box is None:
+                    inbox[c] = its
+                else:
+                    box.extend(its)
         return inbox
 
     def _take_pending(self, c: int) -> list[InboxItem]:
@@ -381,7 +416,7 @@ class EpochEngine:
         self.rounds_here = 0
         idle = self.idle
         for pid, ps in self.pools.items():
-            key = (tuple(x for x in ps.cpus if idle[x]), ps.view_epoch(), ps.view_extra())
+            key = (tuple([x for x in ps.cpus if idle[x]]), ps.view_epoch(), ps.view_extra())
             if self.sent_view.get(pid) == key:
                 continue  # every pCPU of the pool has this view already
             self.sent_view[pid] = key

@@ -9,14 +9,14 @@ and the owner ignores it when the token is stale (cheaper than removing from a h
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, Final
 
 from hosts.clock import NEVER
 
 # Priorities at equal timestamps (lower fires first). Timer interrupts are handled before
 # guest activity ends, matching Xen where TIMER_SOFTIRQ handlers run before SCHEDULE_SOFTIRQ.
-PRIO_TIMER = 0
-PRIO_GUEST = 1
+PRIO_TIMER: Final = 0
+PRIO_GUEST: Final = 1
 
 
 class EventQueue:

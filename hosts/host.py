@@ -13,7 +13,7 @@ requests, which is how the domain manager reaches them.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -24,8 +24,8 @@ from hosts.memory import HostMemory, MemoryError_
 from hosts.messages import XFER_PLACE, Affinity, DomDel, DomUpdate, Export, HostUsage, InboxItem, Kill, PauseDom, Probe, UnpauseDom, UsageProbe, Xfer
 from hosts.vcpu import RUNSTATE_OFFLINE, VcpuState, make_vid, vid_dom
 
-PAGE_NOTAB = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
-PAGE_XTAB = 0xF
+PAGE_NOTAB: Final = 0x0  # PAGE_DATA types (Xen's stream: bits 63-60 of each pfn entry)
+PAGE_XTAB: Final = 0xF
 
 __all__ = ["HostEngine", "HostError", "HostSpec", "InlinePorts", "Ports", "make_core"]
 

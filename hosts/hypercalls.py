@@ -20,27 +20,27 @@ PV-only hypercall get ``-ENOSYS``, a bad port ``-EINVAL``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Callable, Final, Protocol, Union
 
 from hosts.clock import MS, NEVER
 from hosts.domain import DomainInfo, EvtchnBinding
 from hosts.paging import PagingModel
 from hosts.vcpu import VcpuState, make_vid
 
-ACT_COMPUTE = 0
-ACT_HCALL = 1
+ACT_COMPUTE: Final = 0
+ACT_HCALL: Final = 1
 
 # Hypercall numbers (xen/include/public/xen.h).
-HYPERVISOR_mmu_update = 1
-HYPERVISOR_memory_op = 12
-HYPERVISOR_set_timer_op = 15
-HYPERVISOR_xen_version = 17
-HYPERVISOR_vcpu_op = 24
-HYPERVISOR_mmuext_op = 26
-HYPERVISOR_sched_op = 29
-HYPERVISOR_event_channel_op = 32
+HYPERVISOR_mmu_update: Final = 1
+HYPERVISOR_memory_op: Final = 12
+HYPERVISOR_set_timer_op: Final = 15
+HYPERVISOR_xen_version: Final = 17
+HYPERVISOR_vcpu_op: Final = 24
+HYPERVISOR_mmuext_op: Final = 26
+HYPERVISOR_sched_op: Final = 29
+HYPERVISOR_event_channel_op: Final = 32
 
-NAMES = {
+NAMES: Final = {
     HYPERVISOR_mmu_update: "mmu_update",
     HYPERVISOR_memory_op: "memory_op",
     HYPERVISOR_set_timer_op: "set_timer_op",
@@ -51,37 +51,37 @@ NAMES = {
     HYPERVISOR_event_channel_op: "event_channel_op",
 }
 
-SCHEDOP_yield = 0
-SCHEDOP_block = 1
-SCHEDOP_shutdown = 2
-SCHEDOP_poll = 3
-SCHEDOP_POLL_MAX_PORTS = 128
+SCHEDOP_yield: Final = 0
+SCHEDOP_block: Final = 1
+SCHEDOP_shutdown: Final = 2
+SCHEDOP_poll: Final = 3
+SCHEDOP_POLL_MAX_PORTS: Final = 128
 
-SHUTDOWN_poweroff = 0
-SHUTDOWN_suspend = 2
+SHUTDOWN_poweroff: Final = 0
+SHUTDOWN_suspend: Final = 2
 
-EVTCHNOP_bind_interdomain = 0
-EVTCHNOP_send = 4
-EVTCHNOP_alloc_unbound = 6
+EVTCHNOP_bind_interdomain: Final = 0
+EVTCHNOP_send: Final = 4
+EVTCHNOP_alloc_unbound: Final = 6
 
-XENMEM_increase_reservation = 0
-XENMEM_decrease_reservation = 1
-XENMEM_populate_physmap = 6
-MEMOP_EXTENT_SHIFT = 6
-MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
+XENMEM_increase_reservation: Final = 0
+XENMEM_decrease_reservation: Final = 1
+XENMEM_populate_physmap: Final = 6
+MEMOP_EXTENT_SHIFT: Final = 6
+MEMOP_CMD_MASK: Final = (1 << MEMOP_EXTENT_SHIFT) - 1
 
-MMU_UPDATE_PREEMPTED = 1 << 31  # ~(~0U >> 1) on a 32-bit count
-MMUEXT_NEW_BASEPTR = 5
-MMUEXT_TLB_FLUSH_LOCAL = 6
+MMU_UPDATE_PREEMPTED: Final = 1 << 31  # ~(~0U >> 1) on a 32-bit count
+MMUEXT_NEW_BASEPTR: Final = 5
+MMUEXT_TLB_FLUSH_LOCAL: Final = 6
 
-ENOSYS = 38
-EINVAL = 22
-ENOMEM = 12
-EFAULT = 14
+ENOSYS: Final = 38
+EINVAL: Final = 22
+ENOMEM: Final = 12
+EFAULT: Final = 14
 
 #: Port numbers below zero are virtual IRQs delivered to one vCPU.
-VIRQ_TIMER = -1
-PORTS_PER_VCPU = 64
+VIRQ_TIMER: Final = -1
+PORTS_PER_VCPU: Final = 64
 
 
 @dataclass
@@ -158,16 +158,22 @@ def signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
+
+
+def _arg(a: Any) -> int:
+    """An argument as its register value (an int; anything else, a structure, is 0)."""
+    return a if type(a) is int else (int(a) if isinstance(a, int) else 0)
 
 
 def load_args(v: VcpuState, nr: int, args: tuple[Any, ...]) -> None:
     regs = v.regs
     regs["rax"] = nr
     n = len(args)
-    for i, name in enumerate(_ARG_REGS):
-        a = args[i] if i < n else 0
-        regs[name] = a if type(a) is int else (int(a) if isinstance(a, int) else 0)
+    regs["rdi"] = _arg(args[0]) if n > 0 else 0
+    regs["rsi"] = _arg(args[1]) if n > 1 else 0
+    regs["rdx"] = _arg(args[2]) if n > 2 else 0
+    regs["r10"] = _arg(args[3]) if n > 3 else 0
+    regs["r8"] = _arg(args[4]) if n > 4 else 0
     # a trailing dict is the guest structure the pointer argument designates
     v.hcall_args = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from hosts.errors import InvariantError as InvariantError  # re-exported: defined apart so this module can be compiled
 
-from heapq import heappop, heappush
-from typing import Any
+from heapq import heapify, heappop, heappush
+from typing import Any, Final
 
 from hosts.books import PcpuBooks
 from hosts.clock import NEVER
@@ -26,14 +26,17 @@ from hosts.events import PRIO_TIMER, EventQueue
 from hosts.tracelog import new_buffer
 
 # Event kinds.
-EV_S_TIMER = 0  # the scheduler's decision timer (Xen's s_timer)
-EV_SCHED_TIMER = 1  # a timer the scheduler armed by name (Credit's tick)
-EV_VCPU_TIMER = 2  # a vCPU's singleshot timer (set_timer_op)
-EV_BURST = 3  # the running vCPU's compute burst or hypercall ends
-EV_POLL_TIMEOUT = 4
+EV_S_TIMER: Final = 0  # the scheduler's decision timer (Xen's s_timer)
+EV_SCHED_TIMER: Final = 1  # a timer the scheduler armed by name (Credit's tick)
+EV_VCPU_TIMER: Final = 2  # a vCPU's singleshot timer (set_timer_op)
+EV_BURST: Final = 3  # the running vCPU's compute burst or hypercall ends
+EV_POLL_TIMEOUT: Final = 4
 
-MODE_GUEST = 0
-MODE_XEN = 1
+COMPACT_MIN: Final = 64  # heap size from which dead entries are dropped (then twice the live ones)
+HORIZON_LOOKS: Final = 16  # heap entries ``horizon`` tests at most beyond the first
+
+MODE_GUEST: Final = 0
+MODE_XEN: Final = 1
 
 
 class EventLoop:
@@ -55,6 +58,7 @@ class EventLoop:
         self._timer_tok = 0
         self.gen = 0  # token of the current vCPU's burst event; bumped on every switch / replan
         self.busy_ev = False  # a burst event of the current vCPU is in the heap
+        self._compact_at = COMPACT_MIN
         # Xen trace records (hosts.tracelog), kept only while tracing: every site that records
         # tests this bool first, so tracing off costs one attribute test per site
         self.tracing = False
@@ -68,33 +72,105 @@ class EventLoop:
     def next_event_ns(self) -> int:
         return self._heap[0][0] if self._heap else NEVER
 
+    def horizon(self) -> int:
+        """When this pCPU next has anything to do: the time of its first event that is not a
+        no-op in the current state (``_live_at``). The state changes only while the pCPU
+        advances or handles a command, so the master may leave it out until then; the no-op
+        entries are popped, in their order, when it next advances (the same pops, later)."""
+        heap = self._heap
+        if not heap:
+            return NEVER
+        top = heap[0]
+        best = self._live_at(top[0], top[3], top[4])
+        if best == top[0]:
+            return best
+        # below a no-op entry an earlier live one may hide; below a live one nothing earlier.
+        # A few entries are looked at; past that, the earliest unseen one bounds the answer
+        n = len(heap)
+        todo = [1, 2]
+        budget = HORIZON_LOOKS
+        while todo:
+            i = todo.pop()
+            if i >= n:
+                continue
+            e = heap[i]
+            t = e[0]
+            if t >= best:
+                continue
+            budget -= 1
+            if budget < 0:
+                for j in todo:
+                    if j < n and heap[j][0] < t:
+                        t = heap[j][0]
+                return t
+            live = self._live_at(t, e[3], e[4])
+            if live < best:
+                best = live
+            if live != t:
+                todo.append(2 * i + 1)
+                todo.append(2 * i + 2)
+        return best
+
     def advance(self, until: int) -> None:
         """Process every event with time < ``until``; then stand at ``until``."""
         heap = self._heap
-        dispatch = self._dispatch
         n = 0
         if self.softirq and self.mode == MODE_GUEST:
             self._softirqs()
-        while heap and heap[0][0] < until:
+        while heap:
             t = heap[0][0]
+            if t >= until:
+                break
             self.now = t
-            while heap and heap[0][0] == t:
+            while True:  # every event at this instant, then the softirq
                 _t, _prio, _seq, kind, arg = heappop(heap)
                 n += 1
                 if kind == EV_BURST:  # the most frequent kind, handled without a dispatch call
-                    if arg == self.gen:
+                    g: int = arg  # a burst's token (compared natively)
+                    if g == self.gen:
                         self.busy_ev = False
                         self._burst_end()
                 else:
-                    dispatch(kind, arg)
+                    self._dispatch(kind, arg)
+                if not heap or heap[0][0] != t:
+                    break
             if self.softirq and self.mode == MODE_GUEST:
                 self._softirqs()
         self.books.events += n
         if until > self.now:
             self.now = until
+        if len(heap) > self._compact_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the heap's entries that can never do anything: bursts of an older ``gen`` and
+        timers of a stale token (a CPU hog's burst ends 2**50 ns away, and a new one is pushed at
+        every switch-in). The others keep their (time, priority, sequence) keys, so they fire
+        in the same order."""
+        gen = self.gen
+        timers = self.timers
+        keep = []
+        for e in self._heap:
+            kind = e[3]
+            if kind == EV_BURST:
+                if e[4] != gen:
+                    continue
+            elif kind == EV_SCHED_TIMER:
+                name, tok = e[4]
+                if timers.get(name) != tok:
+                    continue
+            keep.append(e)
+        heapify(keep)
+        self._heap[:] = keep  # in place: EventQueue shares the list
+        self._compact_at = max(COMPACT_MIN, 2 * len(keep))
 
     def _dispatch(self, kind: int, arg: Any) -> None:
         """Every kind but EV_BURST."""
+        raise NotImplementedError
+
+    def _live_at(self, t: int, kind: int, arg: Any) -> int:
+        """When the event (t, kind, arg) would do something if it fired in the current state:
+        ``t``, a later time (it fires early and re-arms), or NEVER (a no-op)."""
         raise NotImplementedError
 
     def _burst_end(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from hosts.errors import UnknownMessage as UnknownMessage  # re-exported: defined apart so this module can be compiled
 
-from typing import Any, NamedTuple, Union
+from typing import Any, Final, NamedTuple, Union
 
 from hosts.sched.messages import Give
 from hosts.vcpu import VcpuState
@@ -27,9 +27,9 @@ from hosts.wire import message
 VcpuCarrier = Union[bytes, VcpuState]
 
 # --- how a vCPU arrives (Xfer.how) -------------------------------------------------------------
-XFER_PUSH = 0  # a running vCPU migrating at switch-out (VPF_migrating)
-XFER_STOLEN = 1  # taken from a peer's runqueue (work stealing, or given by the pool half)
-XFER_PLACE = 2  # placed by the host (new domain, arrival from another host, pool move)
+XFER_PUSH: Final = 0  # a running vCPU migrating at switch-out (VPF_migrating)
+XFER_STOLEN: Final = 1  # taken from a peer's runqueue (work stealing, or given by the pool half)
+XFER_PLACE: Final = 2  # placed by the host (new domain, arrival from another host, pool move)
 
 
 # =============================================================================================

@@ -32,14 +32,14 @@ working set with 4 KiB pages up to ~34 % slower under HAP than shadow (Wang et a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-PV = "pv"
-SHADOW = "hvm-shadow"
-HAP = "hvm-hap"
+PV: Final = "pv"
+SHADOW: Final = "hvm-shadow"
+HAP: Final = "hvm-hap"
 
-PAGE_4K = 4096
-PAGE_2M = 2 << 20
+PAGE_4K: Final = 4096
+PAGE_2M: Final = 2 << 20
 
 
 def walk_refs(mode: str, guest_levels: int = 4, host_levels: int = 4) -> int:

@@ -20,7 +20,7 @@ SCHEDULE softirq runs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from hosts.codec import pack_vcpu, unpack_vcpu
 from hosts.domain import DomainInfo, EvtchnBinding
@@ -76,7 +76,7 @@ from pydantic import BaseModel
 
 __all__ = ["PcpuCore", "InvariantError"]
 
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class PcpuCore(GuestCpu):
@@ -111,6 +111,7 @@ class PcpuCore(GuestCpu):
         self.destroyed: dict[int, int] = {}  # uid -> when its domain left this pCPU's table
         self.tracing = xentrace  # record Xen trace records (hosts.tracelog); before the scheduler reads it
         self.sched = sched_entry.pcpu(self, sched_params)
+        self.skip_noops = self.sched.timeless_summary  # see EventLoop.horizon
 
     # ========================================================================================
     # the boundary protocol
@@ -126,9 +127,8 @@ class PcpuCore(GuestCpu):
             self.advance(until)
             out = self.outbox
             self.outbox = []
-            heap = self._heap
             # tuple.__new__ skips the NamedTuple's Python-level __new__: one reply per command
-            return _new(RunReply, (out, self.sched.summary(), heap[0][0] if heap else NEVER, self.curr.vid if self.curr is not None else -1))
+            return _new(RunReply, (out, self.sched.summary(), self.horizon() if self.skip_noops else self.next_event_ns(), self.curr.vid if self.curr is not None else -1))
         if type(cmd) is Finish:
             if cmd.end > self.now:
                 self.advance(cmd.end)
@@ -148,6 +148,12 @@ class PcpuCore(GuestCpu):
                 self.view.extra = it.extra
             elif t is PoolInstr:
                 self.sched.apply_pool(it.instr)
+            elif t is Evt:  # and the next most frequent ones with a direct (native) call
+                _on_evt(self, it)
+            elif t is Xfer:
+                _on_xfer(self, it)
+            elif t is Give:
+                _on_give(self, it)
             else:
                 h = table.get(t)
                 if h is None:

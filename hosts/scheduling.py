@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from array import array
 from heapq import heappush
-from typing import Any
+from typing import Any, Final
 
 from hosts.clock import NEVER
 from hosts.codec import pack_vcpu
@@ -28,6 +28,7 @@ from hosts.domain import DomainInfo
 from hosts.events import PRIO_TIMER
 from hosts.hypercalls import LongOp
 from hosts.loop import (
+    EV_BURST,
     EV_POLL_TIMEOUT,
     EV_S_TIMER,
     EV_SCHED_TIMER,
@@ -62,8 +63,11 @@ from hosts.vcpu import (
     VcpuState,
 )
 
-SOFTIRQ_LOOP_MAX = 1000  # a scheduler that keeps re-raising at one instant is livelocked
-VIRQ_TIMER = -1  # ports below zero are virtual IRQs of one vCPU
+#: builds a NamedTuple without its Python-level __new__ (messages are built at every step)
+_new: Final = tuple.__new__
+
+SOFTIRQ_LOOP_MAX: Final = 1000  # a scheduler that keeps re-raising at one instant is livelocked
+VIRQ_TIMER: Final = -1  # ports below zero are virtual IRQs of one vCPU
 
 
 class SchedulingCpu(EventLoop):
@@ -98,13 +102,13 @@ class SchedulingCpu(EventLoop):
         if cpu == self.pcpu:
             self.raise_softirq()
         else:
-            self.outbox.append(TickleOut(self.now, cpu))
+            self.outbox.append(_new(TickleOut, (self.now, cpu)))
 
     def pool_msg(self, payload: Any) -> None:
-        self.outbox.append(PoolOut(self.now, payload))
+        self.outbox.append(_new(PoolOut, (self.now, payload)))
 
     def request_steal(self, pri: int) -> None:
-        self.outbox.append(StealReq(self.now, pri))
+        self.outbox.append(_new(StealReq, (self.now, pri)))
 
     def park(self, v: VcpuState) -> None:
         self._pause_vcpu(v)
@@ -210,6 +214,28 @@ class SchedulingCpu(EventLoop):
             if v is not None and v.poll_timeout_ns == t and v.pause_flags & VPF_BLOCKED and v.poll_ports:
                 self._timer_irq()
                 self.unblock(v)
+
+    def _live_at(self, t: int, kind: int, arg: Any) -> int:
+        """What ``_dispatch`` (and the loop, for a burst) would do with the event now: the
+        same tests, without the effects."""
+        if kind == EV_BURST:
+            return t if arg == self.gen else NEVER
+        if kind == EV_S_TIMER:
+            if arg != self.s_armed:
+                return NEVER
+            return t if t >= self.s_deadline else self.s_deadline  # early: re-arms for the deadline
+        if kind == EV_SCHED_TIMER:
+            name, tok = arg
+            return t if self.timers.get(name) == tok else NEVER
+        vid, when = arg
+        v = self.vcpus.get(vid)
+        if v is None:
+            return NEVER
+        if kind == EV_VCPU_TIMER:
+            return t if v.singleshot_ns == when else NEVER
+        if kind == EV_POLL_TIMEOUT and v.poll_timeout_ns == when and v.pause_flags & VPF_BLOCKED and v.poll_ports:
+            return t
+        return NEVER
 
     def _softirqs(self) -> None:
         """do_softirq: SCHEDULE runs again while it is raised anew at this instant, also from
@@ -322,7 +348,7 @@ class SchedulingCpu(EventLoop):
     def _send_vcpu(self, v: VcpuState, to_pcpu: int, how: int) -> None:
         self._forget(v.vid)
         v.sched = self.sched.udata_to_wire(v.sched)
-        self.outbox.append(XferOut(self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how))
+        self.outbox.append(_new(XferOut, (self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how)))
 
     def _forget(self, vid: int) -> None:
         """A vCPU leaves this pCPU's books (the guest layer drops its workload too)."""
@@ -353,7 +379,7 @@ class SchedulingCpu(EventLoop):
         if v is not None:
             self.mark_pending(v, port, payload)
         else:
-            self.outbox.append(EvtOut(self.now, vid, port, payload))
+            self.outbox.append(_new(EvtOut, (self.now, vid, port, payload)))
 
     def unblock(self, v: VcpuState) -> None:
         """vcpu_unblock: clear VPF_blocked and any poll state, then vcpu_wake."""

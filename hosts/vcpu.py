@@ -11,32 +11,32 @@ host) and between hosts (live migration), always as a msgpack record (see ``host
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from hosts.clock import NEVER
 
 # Runstates, numbered as Xen's public vcpu.h.
-RUNSTATE_RUNNING = 0
-RUNSTATE_RUNNABLE = 1
-RUNSTATE_BLOCKED = 2
-RUNSTATE_OFFLINE = 3
-RUNSTATE_NAMES = ("running", "runnable", "blocked", "offline")
+RUNSTATE_RUNNING: Final = 0
+RUNSTATE_RUNNABLE: Final = 1
+RUNSTATE_BLOCKED: Final = 2
+RUNSTATE_OFFLINE: Final = 3
+RUNSTATE_NAMES: Final = ("running", "runnable", "blocked", "offline")
 
 # Pause flags, bit numbers as Xen's sched.h (VPF_*).
-VPF_BLOCKED = 1 << 0
-VPF_DOWN = 1 << 1
-VPF_BLOCKED_IN_XEN = 1 << 2
-VPF_MIGRATING = 1 << 3
-VPF_PARKED = 1 << 8
+VPF_BLOCKED: Final = 1 << 0
+VPF_DOWN: Final = 1 << 1
+VPF_BLOCKED_IN_XEN: Final = 1 << 2
+VPF_MIGRATING: Final = 1 << 3
+VPF_PARKED: Final = 1 << 8
 
 #: Guest-visible registers hvsim models (64-bit hypercall ABI: rax = number, then rdi, rsi,
 #: rdx, r10, r8 are arguments 1-5; rip is advanced past the hypercall instruction unless the
 #: call was preempted).
-REG_NAMES = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "rip")
+REG_NAMES: Final = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "rip")
 
-VID_SHIFT = 12  # vid = dom_uid << 12 | vcpu index (at most 4096 vCPUs per domain)
+VID_SHIFT: Final = 12  # vid = dom_uid << 12 | vcpu index (at most 4096 vCPUs per domain)
 
 
 def make_vid(dom_uid: int, idx: int) -> int:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from hosts.errors import WireError as WireError  # re-exported: defined apart so this module can be compiled
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Final, TypeVar
 
 import msgpack
 
-EXT_MESSAGE = 7  # msgpack extension type code of a registered message
-EXT_TUPLE = 8  # ... and of a plain tuple (lists are plain msgpack arrays)
+EXT_MESSAGE: Final = 7  # msgpack extension type code of a registered message
+EXT_TUPLE: Final = 8  # ... and of a plain tuple (lists are plain msgpack arrays)
 
 T = TypeVar("T")
 

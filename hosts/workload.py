@@ -15,7 +15,7 @@ was cut short by a preemption) and ``on_events`` runs when the guest's event upc
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 
 import numpy as np
@@ -60,10 +60,10 @@ from hosts.workload_params import (  # re-exported: the parameters live apart so
     PingPongParams as PingPongParams,
 )
 
-HUGE_NS = 1 << 50
+HUGE_NS: Final = 1 << 50
 
-A = hc.ACT_COMPUTE
-H = hc.ACT_HCALL
+A: Final = hc.ACT_COMPUTE
+H: Final = hc.ACT_HCALL
 
 #: what a guest does next: (ACT_COMPUTE, ns, ()) or (ACT_HCALL, number, arguments)
 Action = tuple[int, int, tuple[Any, ...]]
@@ -334,10 +334,13 @@ class TlbRandom(Workload[TlbRandomParams]):
 
 def io_port(dom: DomainInfo, idx: int) -> int:
     """The port of vCPU ``idx`` bound to another domain (the toolstack bound it at creation)."""
-    for p, b in sorted(dom.evtchn.items()):
-        if b.notify_vcpu == idx and b.remote_uid >= 0 and b.remote_uid != dom.uid:
-            return p
-    return -1
+    best = -1
+    found = False
+    for p, b in dom.evtchn.items():  # the lowest such port (once per request: no sort)
+        if b.notify_vcpu == idx and b.remote_uid >= 0 and b.remote_uid != dom.uid and (not found or p < best):
+            best = p
+            found = True
+    return best
 
 
 class IoClient(Workload[IoClientParams]):

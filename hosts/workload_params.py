@@ -8,7 +8,7 @@ config schema (``cluster/config/schema.py``) uses the bounds for every field.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Optional, Self
+from typing import Annotated, Any, Final, Literal, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,28 +19,28 @@ from hosts.paging import PAGE_4K
 
 #: Simulated time is a whole number of ns: a period, quantum, interval or think time shorter than
 #: 1 ns would be 0 (no progress: a loop at one instant). Every such field is at least this.
-MIN_STEP_NS = 1
+MIN_STEP_NS: Final = 1
 #: The longest time a config may name (a period, a delay, an event's time): the longest run
 #: (``run.duration_ms`` <= 1e9 ms, 11.6 simulated days). Sums of many stay far below NEVER (2^62 ns).
-MAX_SPAN_NS = 10**15
+MAX_SPAN_NS: Final = 10**15
 #: Most pages one batch of guest writes may touch (a memwrite quantum, a ptchurn iteration, a
 #: tlbrandom burst): 4 GiB of 4 KiB pages, 8 MiB of page numbers in one array.
-MAX_BATCH_PAGES = 1 << 20
+MAX_BATCH_PAGES: Final = 1 << 20
 #: Fastest a guest may dirty memory, in MB/s: 100 GB/s, more than the DRAM bandwidth of a socket.
-MAX_DIRTY_MB_S = 100_000.0
+MAX_DIRTY_MB_S: Final = 100_000.0
 #: Most page-table updates, page faults or address-space switches per ptchurn iteration.
-MAX_PER_ITERATION = 1 << 20
+MAX_PER_ITERATION: Final = 1 << 20
 #: Most memory accesses per tlbrandom burst (at 85 ns each, a burst of about 90 s).
-MAX_ACCESSES = 1 << 30
+MAX_ACCESSES: Final = 1 << 30
 #: Largest memory size a workload may name, in MiB: a host's largest (``hosts[].mem_mib``).
-MAX_MIB = 1 << 24
+MAX_MIB: Final = 1 << 24
 #: Largest guest page number or extent count a hypercall argument may name (2^40 pages = 4 PiB).
-MAX_PFN = 1 << 40
+MAX_PFN: Final = 1 << 40
 #: Deepest nesting and most values of an hcall ``struct`` (it travels in the vCPU record).
-MAX_STRUCT_DEPTH = 8
-MAX_STRUCT_VALUES = 4096
+MAX_STRUCT_DEPTH: Final = 8
+MAX_STRUCT_VALUES: Final = 4096
 #: Most numbers in one event channel payload (the vCPU record keeps pending payloads).
-MAX_PAYLOAD = 64
+MAX_PAYLOAD: Final = 64
 
 #: A duration in ms / us of which the simulation makes a step: at least 1 ns, at most MAX_SPAN_NS.
 StepMs = Annotated[float, Field(ge=MIN_STEP_NS / MS, le=MAX_SPAN_NS / MS, allow_inf_nan=False)]
@@ -51,8 +51,8 @@ TimeUs = Annotated[float, Field(ge=0, le=MAX_SPAN_NS / US, allow_inf_nan=False)]
 #: A 64-bit register value (unsigned, as the vCPU record keeps registers).
 Reg = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
 
-_I32 = (-(1 << 31), (1 << 31) - 1)
-_I64 = (-(1 << 63), (1 << 63) - 1)
+_I32: Final = (-(1 << 31), (1 << 31) - 1)
+_I64: Final = (-(1 << 63), (1 << 63) - 1)
 #: Keys of an hcall ``struct`` that the hypercall handlers read (hosts/hypercalls.py), with what
 #: each must be: ("int", lo, hi) or ("ints", lo, hi) for a list of them, or "pairs" for
 #: mmu_update's [[pt_gpfn, value], ...]. Other keys are carried but never read.

@@ -16,12 +16,12 @@ increasing order from ``n``, wrapping, whatever the iteration order of the mask.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Final, Iterable, Sequence, TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.domain import DomainInfo
 
-NO_CPUS: frozenset[int] = frozenset()
+NO_CPUS: Final[frozenset[int]] = frozenset()
 
 Masks = tuple[frozenset[int], frozenset[int]]  # (hard, soft)
 

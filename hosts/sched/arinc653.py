@@ -57,6 +57,7 @@ class Arinc653Pcpu:
 
 class Arinc653Scheduler(PcpuScheduler):
     name = "arinc653"
+    timeless_summary = True  # no summary
     params: Arinc653Params
 
     def __init__(self, ctx: SchedContext, params: Arinc653Params) -> None:

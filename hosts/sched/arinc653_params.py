@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Self
+from typing import Final, Literal, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hosts.clock import MS, ms
 
-MAX_ENTRIES = 64  # ARINC653_MAX_DOMAINS_PER_SCHEDULE
-DEFAULT_TIMESLICE_NS = 10 * MS
+MAX_ENTRIES: Final = 64  # ARINC653_MAX_DOMAINS_PER_SCHEDULE
+DEFAULT_TIMESLICE_NS: Final = 10_000_000  # 10 ms
 
 
 class Arinc653EntryCfg(BaseModel):

@@ -128,6 +128,9 @@ class PcpuScheduler:
     name: ClassVar[str] = "base"
     #: the record this scheduler keeps in ``VcpuState.sched`` (None: a plain dict)
     unit_type: ClassVar[type[UnitRecord] | None] = None
+    #: ``summary`` changes only when the scheduler is called, never with time alone: then the
+    #: master may leave this pCPU out of a round in which its events would all be no-ops
+    timeless_summary: ClassVar[bool] = False
     REQUIRED: ClassVar[tuple[str, ...]] = ("insert", "remove", "do_schedule", "pick_pcpu")
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "wake",

@@ -97,6 +97,7 @@ def pick_res(cur: int, vid: int, hard: frozenset[int], soft: frozenset[int], poo
 class NullScheduler(PcpuScheduler):
     name = "null"
     unit_type = NullUnit
+    timeless_summary = True
     params: NullParams
 
     def __init__(self, ctx: SchedContext, params: NullParams) -> None:

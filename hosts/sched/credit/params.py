@@ -9,25 +9,24 @@ Ordering and determinism. Nothing here depends on time or order.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hosts.clock import US
 
-PRI_BOOST = 0
-PRI_UNDER = -1
-PRI_OVER = -2
-PRI_IDLE = -64
-PRI_NAMES = {PRI_BOOST: "BOOST", PRI_UNDER: "UNDER", PRI_OVER: "OVER", PRI_IDLE: "IDLE"}
+PRI_BOOST: Final = 0
+PRI_UNDER: Final = -1
+PRI_OVER: Final = -2
+PRI_IDLE: Final = -64
+PRI_NAMES: Final = {PRI_BOOST: "BOOST", PRI_UNDER: "UNDER", PRI_OVER: "OVER", PRI_IDLE: "IDLE"}
 
-FLAG_PARKED = 1 << 0
-FLAG_YIELD = 1 << 1
-FLAG_MIGRATING = 1 << 2
-FLAG_PINNED = 1 << 3
+FLAG_PARKED: Final = 1 << 0
+FLAG_YIELD: Final = 1 << 1
+FLAG_MIGRATING: Final = 1 << 2
+FLAG_PINNED: Final = 1 << 3
 
-CREDITS_PER_MSEC = 10
-MIN_TIMER_NS = 100 * US  # CSCHED_MIN_TIMER = XEN_SYSCTL_SCHED_RATELIMIT_MIN
+CREDITS_PER_MSEC: Final = 10
+MIN_TIMER_NS: Final = 100_000  # 100 us; CSCHED_MIN_TIMER = XEN_SYSCTL_SCHED_RATELIMIT_MIN
 
 
 class CreditParams(BaseModel):

@@ -17,7 +17,7 @@ the pool (idlers, sort epoch) as of the last boundary plus its own tickles.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
 from hosts.sched.affinity import Masks, balance_mask, cycle, has_soft_affinity
@@ -32,12 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class CreditScheduler(PcpuScheduler):
     name = "credit"
     unit_type = CreditVcpu
+    timeless_summary = True
     params: CreditParams
 
     def __init__(self, ctx: SchedContext, params: CreditParams) -> None:
@@ -55,6 +56,7 @@ class CreditScheduler(PcpuScheduler):
         self.boost = p.boost
         self.pc = CreditPcpu()
         self._aff_cache: dict[int, Masks] = {}
+        self._summary: CreditSummary | None = None
         # init_pdata arms the ticker at NOW() + tick.
         self.pc.tick_armed = True
         ctx.set_timer("tick", ctx.now + self.tick_period)
@@ -278,7 +280,7 @@ class CreditScheduler(PcpuScheduler):
                 u.credit -= self.credits_per_tick
             if not u.active:
                 u.active = True
-                ctx.pool_msg(CreditAcctStart(curr.vid))
+                ctx.pool_msg(_new(CreditAcctStart, (curr.vid,)))
             else:
                 new_cpu = self.pick_pcpu(curr, commit=False)
                 if new_cpu != ctx.pcpu:
@@ -291,13 +293,30 @@ class CreditScheduler(PcpuScheduler):
 
     def summary(self) -> CreditSummary:
         curr = self.ctx.curr
-        runq = []
-        for v in self.pc.runq:
-            u: CreditVcpu = v.sched
-            runq.append(_new(CreditQueued, (v.vid, u.pri, u.last_sched_time)))
-        if curr is None:
-            return _new(CreditSummary, (-1, PRI_IDLE, tuple(runq), self.pc.nr_runnable))
-        return _new(CreditSummary, (curr.vid, curr.sched.pri, tuple(runq), self.pc.nr_runnable))
+        pc = self.pc
+        runq = pc.runq
+        cvid = curr.vid if curr is not None else -1
+        cpri: int = curr.sched.pri if curr is not None else PRI_IDLE
+        # one per command: the last one again when nothing in it changed (the usual case)
+        last = self._summary
+        if last is not None and last[0] == cvid and last[1] == cpri and last[3] == pc.nr_runnable and len(last[2]) == len(runq):
+            same = True
+            i = 0
+            for q in last[2]:
+                v = runq[i]
+                u: CreditVcpu = v.sched
+                if q[0] != v.vid or q[1] != u.pri or q[2] != u.last_sched_time:
+                    same = False
+                    break
+                i += 1
+            if same:
+                return last
+        queued = []
+        for v in runq:
+            u = v.sched
+            queued.append(_new(CreditQueued, (v.vid, u.pri, u.last_sched_time)))
+        self._summary = last = _new(CreditSummary, (cvid, cpri, tuple(queued), pc.nr_runnable))
+        return last
 
     def apply_pool(self, instr: Instruction) -> None:
         if type(instr) is not CreditAcct:
@@ -331,7 +350,7 @@ class CreditScheduler(PcpuScheduler):
                 u.active = False
                 self.ctx.pool_msg(CreditAcctStop(m.vid))
                 u.credit = credit = credit // 2
-        self.ctx.pool_msg(CreditAcctCredit(credit))
+        self.ctx.pool_msg(_new(CreditAcctCredit, (credit,)))
 
     def dump(self) -> dict[str, Any]:
         return {

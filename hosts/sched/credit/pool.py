@@ -19,7 +19,7 @@ against the runqueues as the earlier steals of the round left them, peers walked
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Final, Mapping, Sequence
 
 from hosts.clock import MS, US
 from hosts.domain import DomainInfo
@@ -44,6 +44,9 @@ from hosts.vcpu import make_vid, vid_dom
 
 Out = dict[int, list[Instruction]]
 
+#: builds a NamedTuple without its Python-level __new__
+_new: Final = tuple.__new__
+
 
 @dataclass(slots=True)
 class _Peer:
@@ -53,6 +56,16 @@ class _Peer:
     curr_pri: int
     runq: list[CreditQueued]
     nr_runnable: int
+
+
+def _touch(state: dict[int, _Peer], summaries: Mapping[int, CreditSummary | None], c: int) -> _Peer:
+    """pCPU c's copy in ``state``, made from its summary the first time."""
+    ps = state.get(c)
+    if ps is None:
+        s = summaries[c]
+        assert s is not None
+        ps = state[c] = _Peer(s.curr_vid, s.curr_pri, list(s.runq), s.nr_runnable)
+    return ps
 
 
 class CreditPool(PoolScheduler[CreditSummary]):
@@ -202,22 +215,36 @@ class CreditPool(PoolScheduler[CreditSummary]):
             per_unit = (credit_fair + (count - 1)) // count
             for vid in list(sd.active):
                 pcpu = self.locate(vid)
-                out.setdefault(pcpu, []).append(CreditAcct(vid, per_unit, sd.cap != 0, cap_thr))
+                out.setdefault(pcpu, []).append(_new(CreditAcct, (vid, per_unit, sd.cap != 0, cap_thr)))
         self.runq_sort += 1
 
     def steal(self, summaries: Mapping[int, CreditSummary | None], steal_reqs: Sequence[StealRequest], out: Out) -> None:
         """csched_load_balance for each pCPU that asked, against the current runqueues."""
-        state = {c: _Peer(s.curr_vid, s.curr_pri, list(s.runq), s.nr_runnable) for c, s in summaries.items() if s is not None}
+        # the summaries as the steals of this call change them: a pCPU's copy is made when
+        # a steal first touches it (most requests find better work or nothing to take)
+        state: dict[int, _Peer] = {}
         for _t, cpu, _pri in steal_reqs:
-            me = state.get(cpu)
-            if me is None:
+            s = summaries.get(cpu)
+            if s is None:
                 continue
-            pri = me.curr_pri
-            if me.runq:
-                pri = max(pri, me.runq[0].pri)
+            me = state.get(cpu)
+            if me is not None:
+                pri = me.curr_pri
+                if me.runq:
+                    pri = max(pri, me.runq[0].pri)
+            else:
+                pri = s.curr_pri
+                if s.runq:
+                    pri = max(pri, s.runq[0].pri)
             if pri > PRI_OVER:
                 continue  # found better work since asking
-            workers = {c for c, s in state.items() if s.curr_vid >= 0 and c != cpu}
+            workers = set()
+            for c, sc in summaries.items():
+                if sc is None or c == cpu:
+                    continue
+                pc = state.get(c)
+                if (pc.curr_vid if pc is not None else sc.curr_vid) >= 0:
+                    workers.add(c)
             if not workers:
                 continue
             got = None
@@ -225,9 +252,12 @@ class CreditPool(PoolScheduler[CreditSummary]):
                 first = cycle(self.balance_bias, workers)
                 peer = first
                 while True:
-                    ps = state[peer]
-                    if ps.nr_runnable > 1:
-                        for j, q in enumerate(ps.runq):
+                    ps = state.get(peer)
+                    sp = summaries[peer]
+                    assert sp is not None  # workers have summaries
+                    runq = ps.runq if ps is not None else sp.runq
+                    if (ps.nr_runnable if ps is not None else sp.nr_runnable) > 1:
+                        for j, q in enumerate(runq):
                             if q.pri <= pri:
                                 break
                             hard, soft = self.masks(q.vid)
@@ -250,11 +280,13 @@ class CreditPool(PoolScheduler[CreditSummary]):
                 continue
             peer, j, q = got
             self.balance_bias = peer
-            del state[peer].runq[j]
-            state[peer].nr_runnable -= 1
+            ps = _touch(state, summaries, peer)
+            del ps.runq[j]
+            ps.nr_runnable -= 1
+            me = _touch(state, summaries, cpu)
             me.curr_vid, me.curr_pri = q.vid, q.pri
             me.nr_runnable += 1
-            out.setdefault(peer, []).append(Give(q.vid, cpu))
+            out.setdefault(peer, []).append(_new(Give, (q.vid, cpu)))
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -9,36 +9,35 @@ Ordering and determinism. Nothing here depends on time or order.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hosts.clock import MS, US
 
-CREDIT_INIT = 10 * MS  # CSCHED2_CREDIT_INIT = CSCHED2_MAX_TIMER
-MIN_TIMER = 500 * US  # CSCHED2_MIN_TIMER = CSCHED2_CARRYOVER_MAX
-CREDIT_MIN = -CREDIT_INIT
-IDLE_CREDIT = CREDIT_MIN - 1
-CARRYOVER_MAX = MIN_TIMER
-MAX_TIMER = CREDIT_INIT
-MIGRATE_COMPENSATION = 50 * US
-RATELIMIT_TICKLE_TOLERANCE = 50 * US
-CREDIT_RESET = 0
-LOADAVG_GRANULARITY_SHIFT = 10
-DEFAULT_WEIGHT = 256
+CREDIT_INIT: Final = 10_000_000  # 10 ms; CSCHED2_CREDIT_INIT = CSCHED2_MAX_TIMER
+MIN_TIMER: Final = 500_000  # 500 us; CSCHED2_MIN_TIMER = CSCHED2_CARRYOVER_MAX
+CREDIT_MIN: Final = -CREDIT_INIT
+IDLE_CREDIT: Final = CREDIT_MIN - 1
+CARRYOVER_MAX: Final = MIN_TIMER
+MAX_TIMER: Final = CREDIT_INIT
+MIGRATE_COMPENSATION: Final = 50_000  # 50 us
+RATELIMIT_TICKLE_TOLERANCE: Final = 50_000  # 50 us
+CREDIT_RESET: Final = 0
+LOADAVG_GRANULARITY_SHIFT: Final = 10
+DEFAULT_WEIGHT: Final = 256
 
-F_SCHEDULED = 1 << 1
-F_DELAYED = 1 << 2  # delayed_runq_add
-F_MIGRATE_REQ = 1 << 3  # runq_migrate_request
-F_YIELD = 1 << 4
-F_PINNED = 1 << 5
-F_PARKED = 1 << 6  # VPF_parked: we paused it for lack of budget
-F_PARK_PENDING = 1 << 7  # found without budget while running: parked at context_saved
+F_SCHEDULED: Final = 1 << 1
+F_DELAYED: Final = 1 << 2  # delayed_runq_add
+F_MIGRATE_REQ: Final = 1 << 3  # runq_migrate_request
+F_YIELD: Final = 1 << 4
+F_PINNED: Final = 1 << 5
+F_PARKED: Final = 1 << 6  # VPF_parked: we paused it for lack of budget
+F_PARK_PENDING: Final = 1 << 7  # found without budget while running: parked at context_saved
 
-RING = 0  # request_steal kinds: just run the pool half
-PULL = 1  # ... and give me the best vCPU waiting elsewhere in my runqueue
+RING: Final = 0  # request_steal kinds: just run the pool half
+PULL: Final = 1  # ... and give me the best vCPU waiting elsewhere in my runqueue
 
-GEN_HISTORY = 32  # credit resets a pCPU remembers (to catch up vCPUs that were away)
+GEN_HISTORY: Final = 32  # credit resets a pCPU remembers (to catch up vCPUs that were away)
 
 
 class Credit2Params(BaseModel):

@@ -20,7 +20,7 @@ busy pCPUs to tickle in id order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
 from hosts.sched.base import Decision, unknown
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 class Credit2Scheduler(Credit2PcpuBudget):
@@ -472,7 +472,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             queued = []
             for v in pc.runq:
                 u: Credit2Unit = v.sched
-                queued.append(Credit2Queued(v.vid, u.credit, u.tickled_cpu, u.processor))
+                queued.append(_new(Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor)))
             # per-unit loads matter with several runqueues; demand for budget with caps
             every = len(self.rqs) > 1
             units = []
@@ -486,8 +486,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 if w > max_w:
                     max_w = w
                 if every or uu.budget is not None or uu.flags & F_PARKED:
-                    units.append(Credit2Load(vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ)))
-            reserves = tuple(Credit2Reserve(uid, r) for uid, r in sorted(pc.reserve.items()))
+                    units.append(_new(Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+            reserves = tuple(_new(Credit2Reserve, (uid, r)) for uid, r in sorted(pc.reserve.items()))
             self._cached = (tuple(queued), tuple(units), max_w, reserves, tuple(sorted(ctx.vcpus)))
         queued_, units_, max_w_, reserves_, held = self._cached
         area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)

@@ -21,7 +21,7 @@ its content changes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Final, Mapping, Sequence
 
 from hosts.clock import MS, NEVER, US
 from hosts.domain import DomainInfo
@@ -49,6 +49,8 @@ from hosts.sched.messages import (
 from hosts.vcpu import make_vid
 
 Out = dict[int, list[Instruction]]
+#: builds a NamedTuple without its Python-level __new__ (views and moves at every boundary)
+_new: Final = tuple.__new__
 #: a vCPU waiting on a pCPU, as the boundary ranks it: (credit, vid, holder, tickled, processor)
 Queued = tuple[int, int, int, int, int]
 
@@ -222,7 +224,7 @@ class Credit2Pool(Credit2Balancer):
 
         def give(vid: int, holder: int, to: int, why: str) -> None:
             self.moves[why] += 1
-            out.setdefault(holder, []).append(Give(vid, to))
+            out.setdefault(holder, []).append(_new(Give, (vid, to)))
             self.inflight[vid] = to
             moved.add(vid)
             busy_target.add(to)
@@ -242,7 +244,7 @@ class Credit2Pool(Credit2Balancer):
                 if ok:
                     give(vid, holder, tickled, "tickled")
                 else:
-                    out.setdefault(holder, []).append(Credit2Untickle(vid))
+                    out.setdefault(holder, []).append(_new(Credit2Untickle, (vid,)))
         # (2) idle pCPUs take the best vCPU waiting elsewhere in their runqueue
         for c in self.cpus:
             if c in cur or c in busy_target or c in local_head or S.get(c) is None:
@@ -258,7 +260,7 @@ class Credit2Pool(Credit2Balancer):
             got = self._best_waiting(c, queued, moved, cc, local_head.get(c))
             if got is not None:
                 give(got[0], got[1], c, "pull")
-                out.setdefault(c, []).append(Credit2Pulled(got[0]))
+                out.setdefault(c, []).append(_new(Credit2Pulled, (got[0],)))
         self._queued_view = {rid: tuple(sorted((x for x in lst if x[1] not in moved), key=_rank)) for rid, lst in queued.items()}
 
     def _best_waiting(self, c: int, queued: dict[int, list[Queued]], moved: set[int], snext_credit: int, local_head: int | None) -> tuple[int, int] | None:
@@ -279,26 +281,26 @@ class Credit2Pool(Credit2Balancer):
         return None
 
     def _refresh_view(self, S: dict[int, Credit2Summary]) -> None:
-        rq = {r.id: Credit2RqView(r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount) for r in self.rqs}
+        rq = {r.id: _new(Credit2RqView, (r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount)) for r in self.rqs}
         cpu: dict[int, Credit2CpuView] = {}
         for c in self.cpus:
             s = S.get(c)
             if s is None or s.curr is None:
                 continue
             ci = s.curr
-            cpu[c] = Credit2CpuView(ci.vid, ci.credit, ci.weight, ci.entry_ns, bool(ci.soft_ok), s.now)
+            cpu[c] = _new(Credit2CpuView, (ci.vid, ci.credit, ci.weight, ci.entry_ns, bool(ci.soft_ok), s.now))
         q: dict[int, tuple[Credit2Waiting, ...]] = {}
         for rid, lst in self._queued_view.items():
             ent = []
             for credit, vid, holder, tickled, processor in lst:
                 hard = self.masks(vid)[0]
-                ent.append(Credit2Waiting(credit, vid, holder, tickled, processor, tuple(sorted(hard)) if hard != self.pool else ()))
+                ent.append(_new(Credit2Waiting, (credit, vid, holder, tickled, processor, tuple(sorted(hard)) if hard != self.pool else ())))
             if ent:
                 q[rid] = tuple(ent)
         v = self.view
         if (rq, cpu, q) != (v.rq, v.cpu, v.q):
             self.seq += 1
-            self.view = Credit2View(self.seq, rq, cpu, q)
+            self.view = _new(Credit2View, (self.seq, rq, cpu, q))
 
     def dump(self) -> dict[str, Any]:
         return {

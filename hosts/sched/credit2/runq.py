@@ -18,7 +18,7 @@ in credit order, FIFO among equals.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
 from hosts.sched.base import PcpuScheduler, SchedContext
@@ -27,14 +27,14 @@ from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, 
 from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
 from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
 
-INT_MIN = -(1 << 31)
+INT_MIN: Final = -(1 << 31)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
 
 #: the view before the pool half sent one
-NO_VIEW = Credit2View(0, {}, {}, {})
-_UNSEEN = object()
+NO_VIEW: Final = Credit2View(0, {}, {}, {})
+_UNSEEN: Final = object()
 
 # (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
 _Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]

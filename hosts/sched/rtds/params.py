@@ -9,24 +9,24 @@ Ordering and determinism. Nothing here depends on time or order.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DEFAULT_PERIOD_US = 10_000
-DEFAULT_BUDGET_US = 4_000
-MIN_PERIOD_US = 10
-MIN_BUDGET_US = 10
-UPDATE_LIMIT_SHIFT = 10
+DEFAULT_PERIOD_US: Final = 10_000
+DEFAULT_BUDGET_US: Final = 4_000
+MIN_PERIOD_US: Final = 10
+MIN_BUDGET_US: Final = 10
+UPDATE_LIMIT_SHIFT: Final = 10
 
-F_SCHEDULED = 1 << 1
-F_DELAYED = 1 << 2
-F_DEPLETED = 1 << 3
-F_EXTRA = 1 << 4
+F_SCHEDULED: Final = 1 << 1
+F_DELAYED: Final = 1 << 2
+F_DEPLETED: Final = 1 << 3
+F_EXTRA: Final = 1 << 4
 
-Q_NONE = 0
-Q_RUN = 1
-Q_DEPLETED = 2
+Q_NONE: Final = 0
+Q_RUN: Final = 1
+Q_DEPLETED: Final = 2
 
 
 class RtdsParams(BaseModel):

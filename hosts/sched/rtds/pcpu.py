@@ -18,7 +18,7 @@ one instant are handled in queue order and their tickles in reverse (Xen's list_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from hosts.clock import NEVER, US
 from hosts.sched.affinity import cycle
@@ -44,13 +44,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
 
 #: the view before the pool half sent one
-NO_VIEW = RtdsView(-1, {}, ())
-_UNSEEN = object()
+NO_VIEW: Final = RtdsView(-1, {}, ())
+_UNSEEN: Final = object()
 
 
 class RtdsScheduler(PcpuScheduler):
     name = "rtds"
     unit_type = RtdsUnit
+    timeless_summary = True
     params: RtdsParams
 
     def __init__(self, ctx: SchedContext, params: RtdsParams) -> None:
