@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -149,10 +150,43 @@ def run_one(path: Path, backend: str, duration_ms: float | None, extra: list[str
     return run_loaded(cfg, resolved, backend=backend, write=False, probe=actor_probe if backend == "ray" else None)
 
 
+def _spin(n: int) -> float:
+    t = time.perf_counter()
+    s = 0
+    for i in range(n):
+        s += i * i % 7
+    return time.perf_counter() - t
+
+
+def parallel_speedup(n: int = 3_000_000, rounds: int = 3) -> float:
+    """How much faster two processes do two equal pieces of plain Python work than one process
+    does both: the ceiling of any two-process speed-up here (2.0 on two idle physical cores;
+    less on hyperthreads, shared or busy cores). Median of ``rounds``."""
+    import multiprocessing as mp
+
+    ratios = []
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_spin, [1000, 1000])
+        for _ in range(rounds):
+            t = time.perf_counter()
+            _spin(n)
+            _spin(n)
+            one = time.perf_counter() - t
+            t = time.perf_counter()
+            pool.map(_spin, [n, n])
+            ratios.append(one / (time.perf_counter() - t))
+    return round(statistics.median(ratios), 2)
+
+
 def machine() -> dict:
     import hosts
 
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "engine": "compiled (mypyc)" if hosts.COMPILED else "pure Python"}
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "engine": "compiled (mypyc)" if hosts.COMPILED else "pure Python",
+        "two_process_speedup": parallel_speedup(),
+    }
 
 
 SCALING_HOSTS = (1, 2, 4, 8, 16)
@@ -214,7 +248,7 @@ def print_scaling(res: dict, backends: list[str]) -> None:
     from rich.table import Table
 
     m = res["machine"]
-    t = Table(title=f"hvsim scaling: {res['sim_s']} simulated s per cluster ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine)")
+    t = Table(title=f"hvsim scaling: {res['sim_s']} simulated s per cluster ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine; two processes of plain Python work run {m['two_process_speedup']}x one)")
     cols = ["hosts", "pcpus"]
     for be in backends:
         cols += [f"{be}_wall_s", f"{be}_us_per_sim_ms_per_pcpu", f"{be}_vs_1_host"]
@@ -230,7 +264,9 @@ def print_scaling(res: dict, backends: list[str]) -> None:
     Console(width=160).print(t)
 
 
-def bench(names: list[str], quick: bool, backends: list[str], extra: list[str], layouts: bool = False) -> dict:
+def bench(names: list[str], quick: bool, backends: list[str], extra: list[str], layouts: bool = False, repeat: int = 1) -> dict:
+    """Every scenario run ``repeat`` times per backend (alternating); wall-time figures are the
+    medians, the others come from the last run."""
     from cluster.raysession import RaySession
 
     out: dict = {"scenarios": {}, "machine": machine()}
@@ -252,37 +288,44 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str], 
                                             "migration_policy", "migration_total_s", "migration_downtime_ms", "migration_sent_gb",
                                             "migration_wall_s_inline", "migration_wall_s_ray", "ray_processes", "ray_per_pcpu_sim_s_per_wall_s", "ray_per_pcpu_over_inline")}
             digests = {}
-            with RssPeak() as rss:  # the driver, over both runs
-                if "inline" in backends:
-                    r = run_one(path, "inline", dur, extra_n)
-                    w = r.summary["sim_wall_s"]
-                    row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
-                    row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
-                    row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
-                    digests["inline"] = r.summary["trace_digest"]
-                    row.update(migration_figures(r.summary, "inline", w, sim_s))
-                if "ray" in backends:
-                    r = run_one(path, "ray", dur, extra_n)
-                    w = r.summary["sim_wall_s"]
-                    row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
-                    row["ray_startup_s"] = round(ray_init_s + r.summary["startup_s"], 2)
-                    row["peak_rss_mb_actor"] = round(r.summary["actor_peak_rss_mb"], 1) if r.summary.get("actor_peak_rss_mb") else None
-                    digests["ray"] = r.summary["trace_digest"]
-                    row.update({k: v for k, v in migration_figures(r.summary, "ray", w, sim_s).items() if row.get(k) is None or k.endswith("_ray")})
-                    if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
-                        row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
-                    procs = r.summary.get("pcpu_processes") or {}
-                    row["ray_processes"] = f"{sum(len(g) for g in procs.values())} for {sum(len(x) for g in procs.values() for x in g)} pCPUs"
-                    if layouts:  # the classic layout, one process per pCPU, side by side
-                        r = run_one(path, "ray", dur, extra_n + ["run.ray_processes_per_host=4096"])
-                        row["ray_per_pcpu_sim_s_per_wall_s"] = round(sim_s / r.summary["sim_wall_s"], 3)
-                        digests["ray_per_pcpu"] = r.summary["trace_digest"]
+            kinds = [(be, be, []) for be in backends]
+            if layouts and "ray" in backends:  # the classic layout, one process per pCPU, side by side
+                kinds.append(("ray_per_pcpu", "ray", ["run.ray_processes_per_host=4096"]))
+            walls: dict[str, list[float]] = {k: [] for k, _, _ in kinds}
+            last: dict = {}
+            with RssPeak() as rss:  # the driver, over every run
+                for _ in range(repeat):  # alternating, so that a noisy minute hits every kind alike
+                    for key, be, more in kinds:
+                        r = run_one(path, be, dur, extra_n + more)
+                        walls[key].append(r.summary["sim_wall_s"])
+                        last[key] = r
+                        digests.setdefault(key, set()).add(r.summary["trace_digest"])
+            w_of = {k: statistics.median(v) for k, v in walls.items()}
+            if "inline" in last:
+                r, w = last["inline"], w_of["inline"]
+                row["inline_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                row["events_per_wall_s"] = round(r.summary["scheduler_events"] / w)
+                row["epochs_per_sim_s"] = round(r.summary.get("boundaries", 0) / sim_s, 1) if r.summary.get("boundaries") is not None else None
+                row.update(migration_figures(r.summary, "inline", w, sim_s))
+            if "ray" in last:
+                r, w = last["ray"], w_of["ray"]
+                row["ray_sim_s_per_wall_s"] = round(sim_s / w, 3)
+                row["ray_startup_s"] = round(ray_init_s + r.summary["startup_s"], 2)
+                row["peak_rss_mb_actor"] = round(r.summary["actor_peak_rss_mb"], 1) if r.summary.get("actor_peak_rss_mb") else None
+                row.update({k: v for k, v in migration_figures(r.summary, "ray", w, sim_s).items() if row.get(k) is None or k.endswith("_ray")})
+                if row["epochs_per_sim_s"] is None and r.summary.get("boundaries") is not None:
+                    row["epochs_per_sim_s"] = round(r.summary["boundaries"] / sim_s, 1)
+                procs = r.summary.get("pcpu_processes") or {}
+                row["ray_processes"] = f"{sum(len(g) for g in procs.values())} for {sum(len(x) for g in procs.values() for x in g)} pCPUs"
+            if "ray_per_pcpu" in last:
+                row["ray_per_pcpu_sim_s_per_wall_s"] = round(sim_s / w_of["ray_per_pcpu"], 3)
+            row["runs_each"] = repeat
             if row["inline_sim_s_per_wall_s"] and row["ray_sim_s_per_wall_s"]:
                 row["ray_over_inline"] = round(row["ray_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
             if row["inline_sim_s_per_wall_s"] and row["ray_per_pcpu_sim_s_per_wall_s"]:
                 row["ray_per_pcpu_over_inline"] = round(row["ray_per_pcpu_sim_s_per_wall_s"] / row["inline_sim_s_per_wall_s"], 3)
-            if len(digests) >= 2:
-                row["digests_equal"] = len(set(digests.values())) == 1
+            if len(digests) >= 2 or repeat > 1:
+                row["digests_equal"] = len(set().union(*digests.values())) == 1
             row["peak_rss_mb_driver"] = rss.mb
             row["sim_s"] = sim_s
             out["scenarios"][name] = row
@@ -294,6 +337,7 @@ def bench(names: list[str], quick: bool, backends: list[str], extra: list[str], 
 
 ROWS = [
     ("simulated seconds per run", "sim_s"),
+    ("runs per backend (speeds: medians)", "runs_each"),
     ("inline: sim s / wall s", "inline_sim_s_per_wall_s"),
     ("ray: sim s / wall s", "ray_sim_s_per_wall_s"),
     ("ray / inline", "ray_over_inline"),
@@ -320,7 +364,7 @@ def print_table(res: dict) -> None:
     from rich.table import Table
 
     m = res["machine"]
-    t = Table(title=f"hvsim bench ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine)")
+    t = Table(title=f"hvsim bench ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine; two processes of plain Python work run {m['two_process_speedup']}x one)")
     t.add_column("figure")
     names = list(res["scenarios"])
     for n in names:
@@ -339,6 +383,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
     ap.add_argument("--scaling", action="store_true", help="the scaling table (1 to 16 hosts of 4 pCPUs) instead of the scenarios")
     ap.add_argument("--layouts", action="store_true", help="also run Ray with one process per pCPU (run.ray_processes_per_host), side by side")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times per backend, alternating; speeds are medians")
     a = ap.parse_args()
     if a.scaling:
         backends = a.backend or ["inline", "ray"]
@@ -357,7 +402,7 @@ def main() -> int:
     try:
         # Ray prints the raylet's notices to sys.stdout; with --json they go to stderr instead
         with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-            res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set, a.layouts)
+            res = bench(names, a.quick, a.backend or ["inline", "ray"], a.set, a.layouts, max(1, a.repeat))
     except ConfigError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
