@@ -222,14 +222,18 @@ PAUSE_WALL_S = 0.25
 
 def _drive(mgr: ManagerClient, plan: Plan, progress: Callable[[int, int], None] | None) -> None:
     """Run to the end in chunks that take about ``PAUSE_WALL_S`` each: a small first one, then
-    sized from the speed measured so far (at most 4x the last). They are pure pause points, so
-    results do not depend on them; sizing them by wall time keeps the Ray backend's cost of a
-    pause (a round of actor calls) small against the work between pauses."""
+    sized from the speed measured so far (at most 4x the last), each ending on the epoch grid.
+    They are pure pause points, so results do not depend on them; sizing them by wall time
+    keeps the Ray backend's cost of a pause (a round of actor calls) small against the work
+    between pauses."""
     end = plan.duration_ns
+    # on the epoch grid: a pause between grid points is not pure in every config (found with
+    # configs/cluster/consolidation-16.yaml), and wall-time sizing must never reach results
+    grid = max([spec.epoch_ns for spec in plan.hosts.values()] + [1])
     step = max(end // 200, 1_000_000)
     t = 0
     while t < end:
-        nxt = min(end, t + step)
+        nxt = min(end, -(-(t + step) // grid) * grid)
         t0 = time.perf_counter()
         mgr.run_until(nxt)
         wall = time.perf_counter() - t0
