@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,14 @@ def ext_modules() -> list[Any]:
     # The build environment has mypy and pydantic (pyproject's build requirements) but not the
     # other dependencies: their types count as Any here, which compiles to the same code paths
     # as the interpreter takes. pyproject's [tool.mypy] (strict, for CI) is not used here.
-    cfg = Path(tempfile.mkdtemp(prefix="hvsim-mypyc-")) / "mypy.ini"
-    cfg.write_text(MYPYC_CONFIG)
-    return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="1", debug_level="0", group_name="hosts._native")
+    tmp = tempfile.mkdtemp(prefix="hvsim-mypyc-")
+    try:
+        cfg = Path(tmp) / "mypy.ini"
+        cfg.write_text(MYPYC_CONFIG)
+        # mypycify type-checks and writes the C sources now: the config is not needed after
+        return mypycify(["--config-file", str(cfg), *compiled_modules()], opt_level="1", debug_level="0", group_name="hosts._native")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildWithManifest})
