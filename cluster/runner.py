@@ -137,8 +137,9 @@ def run_loaded(
         placement = be.placement()
         if placement:
             probed = {**probed, "placement": placement}
-        if backend == "ray":
-            probed = {**probed, "pcpu_processes": be.processes()}
+        procs = be.processes()
+        if procs:
+            probed = {**probed, "pcpu_processes": procs}
         if incomplete is not None:
             probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
         wall = time.perf_counter() - t_setup

@@ -35,8 +35,8 @@ def test_skipping_quiet_epochs_changes_nothing():
     assert runstates(a.summary) == runstates(b.summary)
 
 
-def _reports_paused_every(step_ns: int) -> list:
-    """Run the quickstart inline, stopping every host every ``step_ns`` (the manager's pauses)."""
+def _inline_quickstart():
+    """The quickstart's plan, inline backend and set-up domain manager, to drive by hand."""
     from cluster.backends.inline import InlineBackend
     from cluster.config import build_plan, load_config
 
@@ -45,6 +45,12 @@ def _reports_paused_every(step_ns: int) -> list:
     be = InlineBackend(plan)
     mgr = be.start()
     mgr.setup()
+    return plan, be, mgr
+
+
+def _reports_paused_every(step_ns: int) -> list:
+    """Run the quickstart inline, stopping every host every ``step_ns`` (the manager's pauses)."""
+    plan, be, mgr = _inline_quickstart()
     t = 0
     while t < plan.duration_ns:
         t = min(plan.duration_ns, t + step_ns)
@@ -85,14 +91,9 @@ def test_quickstart_inline_equals_ray(ray_session):
 def test_driver_pauses_grow_from_a_small_first_step_to_the_end():
     """The driver's pauses (cluster.runner._drive) are sized by wall time; whatever the
     machine's speed they start small, grow at most 4x a step and end exactly at the end."""
-    from cluster.backends.inline import InlineBackend
-    from cluster.config import build_plan, load_config
     from cluster.runner import _drive
 
-    cfg, _resolved = load_config(QS, SHORT)
-    plan = build_plan(cfg)
-    mgr = InlineBackend(plan).start()
-    mgr.setup()
+    plan, _be, mgr = _inline_quickstart()
     stops: list[int] = []
     inner = mgr.run_until
     mgr.run_until = lambda t: (stops.append(t), inner(t))[1]  # type: ignore[method-assign]

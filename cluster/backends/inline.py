@@ -52,7 +52,7 @@ class InlineBackend:
         return {}
 
     def processes(self) -> dict[str, list[list[int]]]:
-        return {h: [list(range(spec.nr_pcpus))] for h, spec in self.plan.hosts.items()}  # all here
+        return {}  # no pCPU processes: everything runs in the caller's
 
     def shutdown(self) -> None:
         for h in self.hosts.values():

@@ -173,7 +173,7 @@ def events_per_ms(cfg: ClusterConfig) -> list[Share]:
     total_pcpus = sum(1 + h.pcpus for h in cfg.hosts)
     shares.append(Share("run.epoch_us", f"an epoch boundary every {cfg.run.epoch_us:g} us on each host, stepping its pCPUs", _rate(total_pcpus, epoch_ns)))
     ctl_ns = int(round(cfg.run.control_period_ms * MS))
-    if cfg.policies is not None or cfg.power is not None or any(getattr(e, "evacuate", None) is not None for e in cfg.events):
+    if cfg.has_control_loop():
         shares.append(Share("run.control_period_ms", f"a domain-manager step every {cfg.run.control_period_ms:g} ms, stepping every pCPU", _rate(total_pcpus, ctl_ns)))
     return sorted(shares, key=lambda s: -s.per_ms)
 

@@ -12,7 +12,7 @@ from hosts.domain import DomainInfo, mib_to_pages
 from hosts.epoch import HostSpec, PoolSpec
 
 from cluster.config.checks import _affinity_lists, check_domain_sched
-from cluster.config.schema import Action, ClusterConfig, EvacuateAction, HostCfg, LinkCfg, MigrationCfg, RunCfg
+from cluster.config.schema import Action, ClusterConfig, HostCfg, LinkCfg, MigrationCfg, RunCfg
 from cluster.policies import PoliciesCfg
 from cluster.power import PowerCfg
 
@@ -163,6 +163,6 @@ def build_plan(cfg: ClusterConfig) -> Plan:
         migration_defaults=cfg.migration,
         policies=cfg.policies,
         power=cfg.power,
-        control=cfg.policies is not None or cfg.power is not None or any(isinstance(e.action, EvacuateAction) for e in events),
+        control=cfg.has_control_loop(),
         ray_processes_per_host=cfg.run.ray_processes_per_host,
     )

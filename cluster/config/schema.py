@@ -354,6 +354,11 @@ class ClusterConfig(_M):
     )
     power: Optional[PowerCfg] = Field(None, description="Host power model and energy accounting (summary.json power, power.csv), every run.control_period_ms.")
 
+    def has_control_loop(self) -> bool:
+        """The domain manager runs its control loop (cluster/control.py) every
+        ``run.control_period_ms``: for policies, power or an evacuation."""
+        return self.policies is not None or self.power is not None or any(e.evacuate is not None for e in self.events)
+
     @field_validator("events")
     @classmethod
     def _one_action(cls, events: list[EventCfg]) -> list[EventCfg]:
