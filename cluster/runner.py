@@ -139,7 +139,7 @@ def run_loaded(
             probed = {**probed, "placement": placement}
         procs = be.processes()
         if procs:
-            probed = {**probed, "pcpu_processes": procs}
+            probed = {**probed, "pcpu_processes": procs, "engine_process": be.engine_processes()}
         if incomplete is not None:
             probed = {**probed, "incomplete": True, "sim_time_reached_ns": incomplete.now, "lost_hosts": sorted(incomplete.hosts), "error": str(incomplete)}
         wall = time.perf_counter() - t_setup

@@ -58,23 +58,9 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 
 def actor_probe(be) -> dict:
-    """Called before the Ray run finishes: the peak RSS of pCPU actors (host master excluded)."""
-    import ray
-
-    peaks = []
-    for name, acts in be.actors.items():
-        for a in acts[:1]:
-            pid, _node = ray.get(a.whoami.remote())
-            peaks.append(vm_hwm_mb(pid))
-    try:
-        import psutil
-
-        for p in psutil.process_iter(["cmdline"]):
-            cl = " ".join(p.info["cmdline"] or [])
-            if "PcpuActor" in cl:
-                peaks.append(vm_hwm_mb(p.pid))
-    except Exception:
-        pass
+    """Called before the Ray run finishes: the largest peak RSS of any pCPU actor's process
+    (masters included: they hold the host engines)."""
+    peaks = [vm_hwm_mb(pid) for pids in be.pids.values() for pid in pids]
     peaks = [p for p in peaks if p is not None]
     return {"actor_peak_rss_mb": max(peaks) if peaks else None}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_ivs, simulate_file
-from cluster.backends.ray_backend import pcpu_groups, processes_per_host
+from cluster.backends.ray_backend import pcpu_groups, processes_per_host, steppers
 from cluster.backends.shm import seal_cmd, seal_reply
 from hosts.codec import unpack_vcpu
 from hosts.messages import Run, RunReply, Tickle, Xfer, XferOut
@@ -52,6 +52,40 @@ def test_auto_gives_a_host_one_process_on_a_node_without_spare_cores():
 
 def test_a_number_is_capped_at_the_hosts_pcpus():
     assert processes_per_host({"a": 4, "b": 2}, {"a": "n", "b": "n"}, {"n": 2.0}, 3) == {"a": 3, "b": 2}
+
+
+def test_hosts_get_their_own_process_while_the_node_has_a_core_for_each():
+    one = {"a": 1, "b": 1}
+    assert steppers({"a": 4, "b": 4}, {"a": "n", "b": "n"}, {"n": 2.0}, one, "auto") == {"a": "a", "b": "b"}
+    assert steppers({"a": 4}, {"a": "n"}, {"n": 2.0}, {"a": 1}, "auto") == {"a": "a"}
+
+
+def test_hosts_share_the_nodes_cores_when_they_outnumber_them():
+    # 5 hosts of 4 pCPUs on 2 cores: h0 and h1 lead; h2 -> h0 (a tie goes to the first),
+    # h3 -> h1 (h0 now has 8), h4 -> h0 (a tie again, 8 and 8)
+    five = {f"h{i}": 4 for i in range(5)}
+    got = steppers(five, {h: "n" for h in five}, {"n": 2.0}, {h: 1 for h in five}, "auto")
+    assert got == {"h0": "h0", "h1": "h1", "h2": "h0", "h3": "h1", "h4": "h0"}
+    # larger hosts lead: b (6) and d (4); a (2) -> d (4 < 6), then c (2) -> b (6 = 6: the first)
+    sizes = {"a": 2, "b": 6, "c": 2, "d": 4}
+    got = steppers(sizes, {h: "n" for h in sizes}, {"n": 2.0}, {h: 1 for h in sizes}, "auto")
+    assert got == {"a": "d", "b": "b", "c": "b", "d": "d"}
+
+
+def test_hosts_share_only_with_hosts_on_their_own_node():
+    hosts = {"a": 4, "b": 4, "c": 4, "d": 4}
+    node_of = {"a": "x", "b": "y", "c": "x", "d": "x"}
+    got = steppers(hosts, node_of, {"x": 2.0, "y": 2.0}, {h: 1 for h in hosts}, "auto")
+    assert got == {"a": "a", "b": "b", "c": "c", "d": "a"}
+
+
+def test_split_hosts_and_numbers_never_share():
+    hosts = {"a": 4, "b": 4, "c": 4}
+    node_of = {h: "n" for h in hosts}
+    # a split host keeps its processes; the two single ones fit the node's 2 cores
+    assert steppers(hosts, node_of, {"n": 2.0}, {"a": 2, "b": 1, "c": 1}, "auto") == {"a": "a", "b": "b", "c": "c"}
+    # an explicit number asks for processes per host: no sharing even when cores are short
+    assert steppers(hosts, node_of, {"n": 2.0}, {h: 1 for h in hosts}, 1) == {"a": "a", "b": "b", "c": "c"}
 
 
 def _vcpu() -> VcpuState:
@@ -134,3 +168,44 @@ def test_the_workload_moves_vcpus_between_groups(three_inline):
     seen = _vcpus_seen_on(three_inline, "h0")
     assert any(pcs & {0, 1} and 2 in pcs for pcs in seen.values())
     assert len(three_inline.summary["migrations"]) == 1
+
+
+# three hosts on the test session's 2-CPU Ray: h2 shares h0's process (2 + 2 pCPUs lead, the
+# 1-pCPU host joins the first on a tie); a domain migrates from h2 to h0 (two engines in one
+# process) and another from h0 to h1 (across processes)
+SHARED = {
+    "run": {"seed": 9, "duration_ms": 900},
+    "hosts": [
+        {"name": "h0", "pcpus": 2, "mem_mib": 512, "scheduler": {"name": "credit"}},
+        {"name": "h1", "pcpus": 2, "mem_mib": 512, "scheduler": {"name": "credit2"}},
+        {"name": "h2", "pcpus": 1, "mem_mib": 512, "scheduler": {"name": "credit"}},
+    ],
+    "domains": [
+        {"name": "hog", "host": "h0", "vcpus": 2, "mem_mib": 32, "workload": {"kind": "cpu"}},
+        {"name": "io", "host": "h1", "vcpus": 2, "mem_mib": 32, "workload": {"kind": "io", "think_ms": 2, "burst_us": 500}},
+        {"name": "w2", "host": "h2", "vcpus": 1, "mem_mib": 32, "workload": {"kind": "memwrite", "dirty_mb_s": 40, "working_set_mib": 8}},
+        {"name": "w0", "host": "h0", "vcpus": 1, "mem_mib": 32, "workload": {"kind": "memwrite", "dirty_mb_s": 40, "working_set_mib": 8}},
+    ],
+    "events": [
+        {"at_ms": 200, "migrate": {"domain": "w2", "to": "h0"}},
+        {"at_ms": 250, "migrate": {"domain": "w0", "to": "h1"}},
+    ],
+}
+
+
+@pytest.mark.ray
+def test_hosts_sharing_a_process_give_inlines_results(ray_session, tmp_path):
+    import yaml
+
+    p = tmp_path / "shared.yaml"
+    p.write_text(yaml.safe_dump(SHARED))
+    inline = simulate_file(p)
+    res = simulate_file(p, backend="ray")
+    assert res.summary["engine_process"] == {"h0": "h0", "h1": "h1", "h2": "h0"}
+    assert res.summary["trace_digest"] == inline.summary["trace_digest"]
+    assert [(m["domain"], m["status"], m["downtime_ms"], m["bytes_sent"]) for m in res.summary["migrations"]] == [
+        (m["domain"], m["status"], m["downtime_ms"], m["bytes_sent"]) for m in inline.summary["migrations"]
+    ]
+    assert [(m["domain"], m["status"]) for m in res.summary["migrations"]] == [("w2", "completed"), ("w0", "completed")]
+    for h in ("h0", "h1", "h2"):
+        assert [r.digest for r in res.reports[h]] == [r.digest for r in inline.reports[h]]

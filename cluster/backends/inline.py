@@ -54,6 +54,9 @@ class InlineBackend:
     def processes(self) -> dict[str, list[list[int]]]:
         return {}  # no pCPU processes: everything runs in the caller's
 
+    def engine_processes(self) -> dict[str, str]:
+        return {}
+
     def shutdown(self) -> None:
         for h in self.hosts.values():
             h.memory.close()

@@ -25,6 +25,7 @@ them): configs, requests, page batches, records and reports.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Iterable, NamedTuple, cast
 
 import msgpack
@@ -82,6 +83,39 @@ def processes_per_host(nr_pcpus: dict[str, int], node_of: dict[str, str], node_c
     for node, hosts in on_node.items():
         roomy = int(node_cpus.get(node, 1.0)) > sum(nr_pcpus[h] for h in hosts)
         out.update({h: nr_pcpus[h] if roomy else 1 for h in hosts})
+    return out
+
+
+def steppers(nr_pcpus: dict[str, int], node_of: dict[str, str], node_cpus: dict[str, float], procs: dict[str, int], setting: int | str) -> dict[str, str]:
+    """Which host's master runs each host's engine (itself, unless shared).
+
+    With ``auto``, where a node holds more hosts stepped by one process each than it has
+    cores, those hosts share ``cores`` processes: the hosts, largest first (then in config
+    order), fill the first ``cores`` processes one each, then each goes to the process with
+    the fewest pCPUs so far (the first on a tie). Hosts never talk between the manager's
+    steps, so a process runs its hosts' chunks one after the other, as inline runs them all;
+    16 processes on two cores ran 2.2x the CPU of inline (``scripts/bench.py --scaling``).
+    A number for ``setting`` never shares: each host keeps its own processes.
+    """
+    out = {h: h for h in nr_pcpus}
+    if setting != "auto":
+        return out
+    order = {h: i for i, h in enumerate(nr_pcpus)}
+    on_node: dict[str, list[str]] = {}
+    for h in nr_pcpus:
+        if procs.get(h, 1) == 1:
+            on_node.setdefault(node_of[h], []).append(h)
+    for node, hosts in on_node.items():
+        k = max(1, int(node_cpus.get(node, 1.0)))
+        if len(hosts) <= k:
+            continue
+        ranked = sorted(hosts, key=lambda h: (-nr_pcpus[h], order[h]))
+        leaders = ranked[:k]
+        load = [nr_pcpus[h] for h in leaders]
+        for h in ranked[k:]:
+            i = min(range(k), key=lambda j: (load[j], j))
+            load[i] += nr_pcpus[h]
+            out[h] = leaders[i]
     return out
 
 
@@ -143,65 +177,91 @@ def _group_cores(spec: HostSpec, group: Iterable[int], memory: HostMemory, seed:
     return cores
 
 
+class _Stepped:
+    """A host whose engine runs in this process: its segment, doorbells, cores and engine."""
+
+    def __init__(self, spec: HostSpec, seg: Segment, bells: Doorbells, groups: list[tuple[int, ...]]):
+        self.spec = spec
+        self.seg = seg
+        self.bells = bells
+        self.groups = groups
+        self.ports: ShmPorts | None = None
+        self.host: HostEngine | None = None
+
+
 class PcpuActor:
-    """One pCPU. Thin: all logic is in PcpuCore (and, for pCPU 0, HostEngine)."""
+    """One pCPU. Thin: all logic is in PcpuCore and HostEngine.
+
+    A *master* runs host engines: its own host's (as pCPU 0) and, where a node's cores are
+    fewer than its hosts, other hosts' on the same node (``steppers``). Every host a master runs
+    is addressed by name."""
 
     def __init__(self, host_cfg: bytes, run_cfg: bytes, pcpu: int, seed: int, tag: str):
+        self.run_cfg = run_cfg
         self.spec = host_spec(_doc(host_cfg), _doc(run_cfg))
         self.pcpu = pcpu
         self.seed = seed
         self.tag = tag
         self.seg: Segment | None = None
-        self.host: HostEngine | None = None
+        self.stepped: dict[str, _Stepped] = {}
 
     def whoami(self) -> tuple[int, str]:
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def _mem_bytes(self) -> int:
-        return buffer_size(self.spec.mem_pages, self.spec.full_memory)
+    def park(self) -> None:
+        """For an actor that steps nothing: wait in a call until killed. An idle Ray actor's
+        main thread wakes every 10 ms to check for signals (about 0.5% of a core each, measured);
+        one inside a call does not."""
+        threading.Event().wait()
 
-    # --- master (pCPU 0) ---------------------------------------------------------------------
-    def create_segment(self, groups: list[list[int]]) -> tuple[str, str, int]:
-        """``groups``: the host's pCPUs by stepping process, the master's (with pCPU 0) first."""
-        name = f"hvsim-{self.tag}-{self.spec.name}"
-        self.groups = [tuple(g) for g in groups]
-        self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=True)
-        self.bells = Doorbells([g[0] for g in self.groups[1:]])
-        return name, self.bells.dir, os.getpid()
+    @staticmethod
+    def _mem_bytes(spec: HostSpec) -> int:
+        return buffer_size(spec.mem_pages, spec.full_memory)
 
-    def start_master(self, follower_pids: dict[str, int]) -> bool:
-        """``follower_pids``: the pid of each other stepping process, by its first pCPU."""
-        assert self.seg is not None
-        memory = HostMemory(self.seg.memory_view(), self.spec.mem_pages, self.spec.full_memory, master=True)
-        self.cores = _group_cores(self.spec, self.groups[0], memory, self.seed)
-        ports = ShmPorts(self.seg, self.bells, {c: core.step for c, core in self.cores.items()}, {g[0]: g for g in self.groups[1:]}, self.spec.name)
+    # --- master: the host engines this process runs ---------------------------------------------
+    def create_segment(self, host_cfg: bytes | None, groups: list[list[int]]) -> tuple[str, str, int]:
+        """``host_cfg``: another host's config to run here (None: this actor's own host).
+        ``groups``: that host's pCPUs by stepping process, this process's (with pCPU 0) first."""
+        spec = self.spec if host_cfg is None else host_spec(_doc(host_cfg), _doc(self.run_cfg))
+        name = f"hvsim-{self.tag}-{spec.name}"
+        gs = [tuple(g) for g in groups]
+        seg = Segment(name, self._mem_bytes(spec), spec.nr_pcpus, create=True)
+        bells = Doorbells([g[0] for g in gs[1:]])
+        self.stepped[spec.name] = _Stepped(spec, seg, bells, gs)
+        return name, bells.dir, os.getpid()
+
+    def start_master(self, host: str, follower_pids: dict[str, int]) -> bool:
+        """``follower_pids``: the pid of each other stepping process of ``host``, by its first pCPU."""
+        st = self.stepped[host]
+        memory = HostMemory(st.seg.memory_view(), st.spec.mem_pages, st.spec.full_memory, master=True)
+        cores = _group_cores(st.spec, st.groups[0], memory, self.seed)
+        ports = ShmPorts(st.seg, st.bells, {c: core.step for c, core in cores.items()}, {g[0]: g for g in st.groups[1:]}, st.spec.name)
         ports.follower_pids = {int(k): int(v) for k, v in follower_pids.items()}
-        self.ports = ports
-        self.host = HostEngine(self.spec, ports, memory, self.seed)
+        st.ports = ports
+        st.host = HostEngine(st.spec, ports, memory, self.seed)
         # every pCPU has mapped the segment and opened its doorbell: drop the names
-        self.seg.unlink()
-        self.bells.unlink_all()
+        st.seg.unlink()
+        st.bells.unlink_all()
         return True
 
-    def call(self, req: bytes) -> bytes:
-        """One toolstack request (``hosts.hostops``) on this host."""
-        assert self.host is not None
-        return packb(hostops.serve(self.host, unpackb(req)))
+    def _engine(self, host: str) -> HostEngine:
+        st = self.stepped.get(host)
+        if st is None or st.host is None:
+            raise ManagerError(f"host {host} is not run by this process (it runs {sorted(self.stepped)})")
+        return st.host
 
-    def call_with(self, req: bytes, answer: bytes) -> bytes:
+    def call(self, host: str, req: bytes) -> bytes:
+        """One toolstack request (``hosts.hostops``) on ``host``."""
+        return packb(hostops.serve(self._engine(host), unpackb(req)))
+
+    def call_with(self, host: str, req: bytes, answer: bytes) -> bytes:
         """``call`` whose last field is another host's answer, passed actor to actor."""
-        assert self.host is not None
-        return packb(hostops.serve(self.host, hostops.with_peer_answer(unpackb(req), unpackb(answer))))
-
-    def stop(self) -> bool:
-        if self.host is not None:
-            self.ports.stop()
-        return True
+        return packb(hostops.serve(self._engine(host), hostops.with_peer_answer(unpackb(req), unpackb(answer))))
 
     # --- the other stepping processes -----------------------------------------------------------
     def attach(self, name: str, fifo_dir: str, master_pid: int, group: list[int]) -> int:
         """Map the host's segment and build the cores of ``group`` (this pCPU first)."""
-        self.seg = Segment(name, self._mem_bytes(), self.spec.nr_pcpus, create=False)
+        self.seg = Segment(name, self._mem_bytes(self.spec), self.spec.nr_pcpus, create=False)
         self.bells = Doorbells([self.pcpu], fifo_dir)
         self.cmd_fd = self.bells.open(f"cmd{self.pcpu}")
         self.done_fd = self.bells.open("done")
@@ -259,14 +319,14 @@ class RayTransport:
         self.master = master
 
     def send(self, req: Any) -> Pending[Any]:
-        return RayPending(self.name, self.master.call.remote(packb(req)))
+        return RayPending(self.name, self.master.call.remote(self.name, packb(req)))
 
     def send_with(self, req: Any, answer: Pending[Any]) -> Pending[Any]:
         if isinstance(answer, RayPending):
             ref = answer.ref  # another host's answer goes actor to actor
         else:
             ref = packb(answer.result())
-        return RayPending(self.name, self.master.call_with.remote(packb(req), ref))
+        return RayPending(self.name, self.master.call_with.remote(self.name, packb(req), ref))
 
 
 class ManagerActor:
@@ -355,6 +415,8 @@ class RayBackend:
         self.manager_actor: Any = None
         self.nodes: dict[str, str] = {}
         self.groups: dict[str, list[tuple[int, ...]]] = {}
+        self.stepper: dict[str, str] = {}
+        self.pids: dict[str, list[int]] = {}
 
     def start(self) -> ManagerHandle:
         self.session.start()
@@ -390,6 +452,7 @@ class RayBackend:
         node_cpus = {n["NodeID"]: float(n["Resources"].get("CPU", 1.0)) for n in cast(Callable[[], list[dict[str, Any]]], ray.nodes)() if n.get("Alive")}
         procs = processes_per_host({h: s.nr_pcpus for h, s in self.plan.hosts.items()}, node_of, node_cpus, self.plan.ray_processes_per_host)
         self.groups = {name: pcpu_groups(spec.nr_pcpus, procs[name]) for name, spec in self.plan.hosts.items()}
+        self.stepper = steppers({h: s.nr_pcpus for h, s in self.plan.hosts.items()}, node_of, node_cpus, procs, self.plan.ray_processes_per_host)
         for name, spec in self.plan.hosts.items():
             hc = packb(host_cfgs[name])
             self.actors[name] = [
@@ -401,22 +464,31 @@ class RayBackend:
             ]
         # every actor up before the run starts: a pCPU actor still importing would take CPU from
         # the stepping processes during the simulation
-        ray.get([a.whoami.remote() for acts in self.actors.values() for a in acts])
-        seg_refs = {name: acts[0].create_segment.remote([list(g) for g in self.groups[name]]) for name, acts in self.actors.items()}
+        who = {name: ray.get([a.whoami.remote() for a in acts]) for name, acts in self.actors.items()}
+        self.pids = {name: [pid for pid, _node in w] for name, w in who.items()}
+        self.nodes = {name: w[0][1] for name, w in who.items()}
+        master = {name: self.actors[self.stepper[name]][0] for name in self.actors}
+        seg_refs = {
+            name: master[name].create_segment.remote(None if self.stepper[name] == name else packb(host_cfgs[name]), [list(g) for g in self.groups[name]])
+            for name in self.actors
+        }
         segs = {name: ray.get(ref) for name, ref in seg_refs.items()}
         attach_refs = {
             name: {g[0]: acts[g[0]].attach.remote(segs[name][0], segs[name][1], segs[name][2], list(g)) for g in self.groups[name][1:]}
             for name, acts in self.actors.items()
         }
         pids = {name: {c: ray.get(ref) for c, ref in refs.items()} for name, refs in attach_refs.items()}
-        ray.get([acts[0].start_master.remote({str(c): p for c, p in pids[name].items()}) for name, acts in self.actors.items()])
+        ray.get([master[name].start_master.remote(name, {str(c): p for c, p in pids[name].items()}) for name in self.actors])
         for name, acts in self.actors.items():
             self.serve_refs[name] = [acts[g[0]].serve.remote() for g in self.groups[name][1:]]
-        self.nodes = {name: ray.get(acts[0].whoami.remote())[1] for name, acts in self.actors.items()}
-        masters = {name: acts[0] for name, acts in self.actors.items()}
+        busy = {id(m) for m in master.values()} | {id(acts[g[0]]) for name, acts in self.actors.items() for g in self.groups[name][1:]}
+        for acts in self.actors.values():
+            for a in acts:
+                if id(a) not in busy:
+                    a.park.remote()
         # the toolstack lives with the driver, so that losing another node does not lose it
         here = ray.get_runtime_context().get_node_id()
-        self.manager_actor = ManagerActorRemote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), masters)
+        self.manager_actor = ManagerActorRemote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(packb(self.resolved), master)
         return ManagerHandle(self.manager_actor)
 
     def reports(self, gathered: dict[str, list[PcpuReport]], lost: set[str]) -> dict[str, list[PcpuReport]]:
@@ -435,6 +507,10 @@ class RayBackend:
 
     def processes(self) -> dict[str, list[list[int]]]:
         return {h: [list(g) for g in gs] for h, gs in self.groups.items()}
+
+    def engine_processes(self) -> dict[str, str]:
+        """Host -> the host whose master's process runs its engine (``steppers``)."""
+        return dict(self.stepper)
 
     def shutdown(self) -> None:
         for name, acts in self.actors.items():
