@@ -16,8 +16,9 @@ run's wall time. Variants (VARIANTS below) run a scenario file with overrides: t
 scheduler, the other pre-copy policies. A figure that does not apply is null.
 
 ``--scaling`` runs one cluster per size (1, 2, 4, 8, 16 hosts of 4 pCPUs, each host with the
-"mixed" scenario's host0 guests) on each backend and prints wall seconds per simulated second
-per pCPU: flat means the cost is linear in the cluster's size. The table's header says which
+"mixed" scenario's host0 guests, 10 simulated s each, ``--sim-s``) on each backend and prints
+wall seconds per simulated second per pCPU: flat means the cost is linear in the cluster's
+size; and Ray's start-up per cluster (actors, shared memory, domains). The table's header says which
 engine ran (mypyc-compiled or pure Python: ``hosts.COMPILED``).
 """
 
@@ -193,11 +194,13 @@ def scaling_doc(n_hosts: int, sim_ms: float) -> dict:
     return doc
 
 
-def scaling(quick: bool, backends: list[str]) -> dict:
+def scaling(quick: bool, backends: list[str], sim_s: float | None = None) -> dict:
     from cluster.config import resolved_doc, validate_doc
     from cluster.raysession import RaySession
 
-    sim_ms = 200.0 if quick else 1000.0
+    # 10 simulated s: the 1-host row then lasts about half a wall second; at 1 s, fixed costs
+    # of a run (tens of ms) made the per-pCPU figures of small clusters look up to 2x dearer
+    sim_ms = 1000.0 * (sim_s if sim_s is not None else 0.2 if quick else 10.0)
     out: dict = {"machine": machine(), "sim_s": sim_ms / 1000.0, "rows": []}
     session = RaySession().start() if "ray" in backends else None
     try:
@@ -214,6 +217,8 @@ def scaling(quick: bool, backends: list[str]) -> dict:
                 w = r.summary["sim_wall_s"]
                 row[f"{be}_wall_s"] = round(w, 3)
                 row[f"{be}_us_per_sim_ms_per_pcpu"] = round(w / (sim_ms / 1000.0) / pcpus * 1000.0, 2)
+                if be == "ray":
+                    row["ray_startup_s"] = round(r.summary["startup_s"], 2)  # actors, segments, domains
                 digests[be] = r.summary["trace_digest"]
             if len(digests) == 2:
                 row["ray_over_inline"] = round(row["inline_wall_s"] / row["ray_wall_s"], 3)
@@ -238,9 +243,11 @@ def print_scaling(res: dict, backends: list[str]) -> None:
     cols = ["hosts", "pcpus"]
     for be in backends:
         cols += [f"{be}_wall_s", f"{be}_us_per_sim_ms_per_pcpu", f"{be}_vs_1_host"]
+    if "ray" in backends:
+        cols.append("ray_startup_s")
     if len(backends) == 2:
         cols += ["ray_over_inline", "digests_equal"]
-    heads = {"hosts": "hosts", "pcpus": "pCPUs", "ray_over_inline": "ray speed / inline", "digests_equal": "digests equal"}
+    heads = {"hosts": "hosts", "pcpus": "pCPUs", "ray_over_inline": "ray speed / inline", "digests_equal": "digests equal", "ray_startup_s": "ray: start-up s (actors, domains)"}
     for c in cols:
         be, _, rest = c.partition("_")
         label = heads.get(c) or f"{be}: " + {"wall_s": "wall s", "us_per_sim_ms_per_pcpu": "wall us per sim ms per pCPU", "vs_1_host": "per-pCPU cost vs 1 host"}[rest]
@@ -368,13 +375,14 @@ def main() -> int:
     ap.add_argument("--backend", action="append", choices=["inline", "ray"], help="default both")
     ap.add_argument("--set", action="append", default=[], help="override for every scenario, PATH=VALUE")
     ap.add_argument("--scaling", action="store_true", help="the scaling table (1 to 16 hosts of 4 pCPUs) instead of the scenarios")
+    ap.add_argument("--sim-s", type=float, default=None, metavar="S", help="with --scaling: simulated seconds per cluster (default 10; 0.2 with --quick)")
     ap.add_argument("--layouts", action="store_true", help="also run Ray with one process per pCPU (run.ray_processes_per_host), side by side")
     ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times per backend, alternating; speeds are medians")
     a = ap.parse_args()
     if a.scaling:
         backends = a.backend or ["inline", "ray"]
         with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-            sres = scaling(a.quick, backends)
+            sres = scaling(a.quick, backends, a.sim_s)
         if a.json:
             print(json.dumps(sres, indent=2))
         else:
