@@ -246,7 +246,7 @@ class EpochEngine:
             if T > t_end:
                 replies = self._run({}, t_end, everyone=True)
                 self.now = t_end
-                self._absorb(replies, hold=True)
+                self._absorb(replies, hold=True, learn=False)
                 return
             replies = self._run({}, T, everyone=True)
             self.now = T
@@ -278,15 +278,24 @@ class EpochEngine:
         return self.ports.exchange(cmds) if cmds else {}
 
     # --- the boundary ----------------------------------------------------------------------------
-    def _absorb(self, replies: dict[int, RunReply], hold: bool) -> list[Routed]:
+    def _absorb(self, replies: dict[int, RunReply], hold: bool, learn: bool = True) -> list[Routed]:
         """Record summaries and horizons; return (or hold) the messages, sorted. Answers to the
-        toolstack (exported records, probes) are taken out here."""
+        toolstack (exported records, probes) are taken out here.
+
+        ``learn=False`` (a pause or a probe between boundaries, which change nothing) keeps
+        what the pools and the boundary schedule know: a pause must not decide which
+        boundaries are held nor what the pools read there (Credit2's summaries change with time
+        alone). A horizon may only move earlier, which a pause cannot cause. Only ``curr_vid``
+        (the toolstack's view of who runs) is refreshed."""
         msgs: list[Routed] = []
         for c, (out, summary, horizon, curr) in replies.items():
-            self.summaries[c] = summary
-            self.horizons[c] = horizon
-            self.idle[c] = curr < 0
             self.curr_vid[c] = curr
+            if learn:
+                self.summaries[c] = summary
+                self.horizons[c] = horizon
+                self.idle[c] = curr < 0
+            elif horizon < self.horizons[c]:
+                self.horizons[c] = horizon
             for j, m in enumerate(out):
                 if type(m) is Exported:
                     self.exported[m.vid] = m.record

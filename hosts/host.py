@@ -236,14 +236,14 @@ class HostEngine(EpochEngine):
     def probe_domain(self, uid: int) -> dict[str, int]:
         """CPU time of the domain's vCPUs and log-dirty cost charged to it, summed over pCPUs."""
         self.probed = {}
-        self._absorb(self._run({c: [Probe(uid)] for c in self.cpus}, self.now), hold=True)
+        self._absorb(self._run({c: [Probe(uid)] for c in self.cpus}, self.now), hold=True, learn=False)
         return dict(self.probed)
 
     def usage(self) -> HostUsage:
         """Busy time of every pCPU and running/runnable time of every domain, since the start
         (what the toolstack's policies and power model read; a pure pause point)."""
         self.usage_answers = []
-        self._absorb(self._run({c: [UsageProbe()] for c in self.cpus}, self.now), hold=True)
+        self._absorb(self._run({c: [UsageProbe()] for c in self.cpus}, self.now), hold=True, learn=False)
         run: dict[int, int] = {}
         wait: dict[int, int] = {}
         busy = []
