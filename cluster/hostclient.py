@@ -81,6 +81,10 @@ class HostClient:
     def run_until(self, t_ns: int) -> Pending[None]:
         return self.t.send(ops.RunUntil(t_ns))
 
+    def run_then_read_page_data(self, t_ns: int, uid: int, pfns: bytes) -> Pending[bytes]:
+        """``run_until(t_ns)``, then ``read_page_data`` there, in one exchange."""
+        return self.t.send(ops.RunThen(t_ns, ops.ReadPageData(uid, pfns)))
+
     def stats(self) -> Pending[dict[str, Any]]:
         return self.t.send(ops.Stats())
 

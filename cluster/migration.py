@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from hosts.clock import MS, NEVER, US
-from hosts.codec import MAX_BATCH_PAGES, REC_DOMAIN, REC_END, REC_VCPU, header, pack_record
+from hosts.codec import MAX_BATCH_PAGES, REC_DOMAIN, REC_END, REC_VCPU, header, pack_record, unpack_record
+from hosts.host import PAGE_XTAB
 
 from cluster.config.schema import MigrationCfg
 from cluster.hostclient import Pending
@@ -261,6 +262,9 @@ class Migration:
         self.flow_open = False
         self.counters0: dict[str, int] = {}
         self.src_digest = ""
+        #: (instant, pfns, PAGE_DATA record) read by the source while reaching that instant
+        self.prefetched: tuple[int, bytes, bytes] | None = None
+        self.applying: list[Pending[int]] = []  # PAGE_DATA records the destination is storing
 
     # --- plumbing ------------------------------------------------------------------------------
     def next_ns(self) -> int:
@@ -268,6 +272,22 @@ class Migration:
 
     def ask(self, host: str, answer: "Pending[T]") -> T:
         return self.mgr.ask(host, answer)
+
+    def prefetch(self, t: int) -> tuple[int, bytes] | None:
+        """(uid, pfns) of the PAGE_DATA batch this migration will read from its source at ``t``,
+        if it knows it already (not where a PEEK first decides which pages go)."""
+        if self.done or self.state != "batch" or self.t_next != t or not self.queue or self.src in self.mgr.failed:
+            return None
+        rnd = self.rounds[-1]
+        if self.policy.skips_redirtied and rnd.live and rnd.index > 1:
+            return None
+        return self.uid, self.queue[0].tobytes()
+
+    def collect(self) -> None:
+        """Wait for the destination's answers to the batches sent so far (raising its errors)."""
+        applying, self.applying = self.applying, []
+        for p in applying:
+            self.ask(self.dst, p)
 
     def set_cap(self, cap_bps: float | None) -> None:
         if self.flow_open:
@@ -283,6 +303,7 @@ class Migration:
     def step(self, now: int) -> None:
         if self.done:
             return
+        self.collect()
         self._STEPS[self.state](self, now)
 
     def _st_start(self, now: int) -> None:
@@ -334,7 +355,14 @@ class Migration:
                 pfns = pfns[~skip]
             if not pfns.size:
                 continue
-            wire = self.mgr.transfer_pages(self.src, self.dst, self.uid, pfns)
+            pre, self.prefetched = self.prefetched, None
+            key = pfns.tobytes()
+            if pre is not None and pre[0] == now and pre[1] == key:
+                record = pre[2]
+            else:
+                record = self.ask(self.src, self.srch.read_page_data(self.uid, key))
+            self.applying.append(self.mgr.apply_pages(self.dst, self.uid, record))
+            wire = pages_with_data(record)
             rnd.pages_sent += int(pfns.size)
             self.out.pages_sent += int(pfns.size)
             nbytes = PAGE_RECORD_HDR + PFN_ENTRY * int(pfns.size) + PAGE * wire
@@ -448,6 +476,11 @@ class Migration:
         if self.done:
             return
         mgr = self.mgr
+        self.prefetched = None
+        try:
+            self.collect()  # whatever the destination says of the batches, they are dropped now
+        except Exception:  # noqa: BLE001 - the abort goes on; a lost host is the caller's business
+            pass
         if self.flow_open:
             mgr.net.close(self.fid, now)
             self.flow_open = False
@@ -474,6 +507,14 @@ class Migration:
         "unpause": _st_unpause,
         "release": _st_release,
     }
+
+
+def pages_with_data(record: bytes) -> int:
+    """The pages of a PAGE_DATA record that carry data (all but XTAB: no frame at the source);
+    what the destination stores of it."""
+    _rtype, body = unpack_record(record, "PAGE_DATA record")
+    words = np.frombuffer(body["pfns"], dtype=np.uint64)
+    return int(np.count_nonzero((words >> np.uint64(60)) != np.uint64(PAGE_XTAB)))
 
 
 def _preempted(record: bytes) -> bool:

@@ -30,6 +30,15 @@ class RunUntil(NamedTuple):
 
 
 @message
+class RunThen(NamedTuple):
+    """``RunUntil`` followed by ``then`` (a request) at ``t_ns``, in one exchange: a pure read
+    the toolstack will need at that instant (a PAGE_DATA batch), without a second call."""
+
+    t_ns: int
+    then: Any
+
+
+@message
 class PauseDomain(NamedTuple):
     uid: int
 
@@ -174,6 +183,7 @@ class TakeBack(NamedTuple):
 OPS: dict[type, Callable[[HostEngine, Any], Any]] = {
     CreateDomains: lambda e, r: e.create_domains(r.domains),
     RunUntil: lambda e, r: e.run_until(r.t_ns),
+    RunThen: lambda e, r: _run_then(e, r),
     PauseDomain: lambda e, r: e.pause_domain(r.uid),
     UnpauseDomain: lambda e, r: e.unpause_domain(r.uid),
     KillDomain: lambda e, r: e.kill_domain(r.uid),
@@ -204,6 +214,13 @@ OPS: dict[type, Callable[[HostEngine, Any], Any]] = {
 
 #: requests whose last field may be another host's pending answer
 FROM_PEER = (ApplyPageData, RestoreIncoming)
+
+
+def _run_then(engine: HostEngine, req: RunThen) -> Any:
+    if type(req.then) in (RunUntil, RunThen):
+        raise UnknownMessage(f"host {engine.spec.name}: RunThen takes a request to follow the run, not {type(req.then).__name__}")
+    engine.run_until(req.t_ns)
+    return serve(engine, req.then)
 
 
 def serve(engine: HostEngine, req: Any) -> Any:

@@ -302,6 +302,54 @@ def test_migration_to_a_host_without_room_is_refused_before_it_starts():
     assert big["host"] == "host0" and big["frames"] == 1536 * 256
 
 
+def test_a_batch_is_read_in_the_exchange_that_brings_the_source_to_its_instant():
+    """Every PAGE_DATA batch but a round's first leaves when the previous one has left the wire,
+    an instant known one step ahead: the source reads it in the same exchange as its run there
+    (RunThen). A round's first batch follows a CLEAN (or the DOMAIN record) at once and is read
+    alone. The counts come from the rounds' pages: ceil(pages / 1024) batches per round."""
+    from hosts import hostops
+
+    k = Kept(hammer("xen"))
+    seen: list[tuple[str, str]] = []
+    for h in k.mgr.hosts.values():
+        def send(req, _orig=h.t.send, _name=h.name):
+            if type(req) is hostops.RunThen:
+                seen.append((_name, "RunThen+" + type(req.then).__name__))
+            elif type(req) is hostops.ReadPageData:
+                seen.append((_name, "ReadPageData"))
+            return _orig(req)
+        h.t.send = send
+    try:
+        k.mgr.run_until(k.plan.duration_ns)
+        m = k.mgr.migrations[0].out
+    finally:
+        k.close()
+    assert m.status == "completed" and m.memory_match
+    batches = [-(-r["pages_sent"] // 1024) for r in m.per_round]
+    rounds_with_pages = sum(1 for b in batches if b)
+    assert len(batches) >= 3 and sum(batches) > 3 * rounds_with_pages
+    assert seen.count(("host0", "ReadPageData")) == rounds_with_pages
+    assert seen.count(("host0", "RunThen+ReadPageData")) == sum(batches) - rounds_with_pages
+    assert not [x for x in seen if x[0] == "host1"]  # the destination is never read
+
+
+def test_run_then_refuses_a_run_as_its_follow_up():
+    from hosts import hostops
+    from hosts.messages import UnknownMessage
+    from hosts.wire import packb, unpackb
+
+    req = hostops.RunThen(5_000_000, hostops.ReadPageData(3, b""))
+    assert unpackb(packb(req)) == req  # the nested request survives the wire with its type
+    k = Kept(hammer("xen"))
+    try:
+        engine = k.hosts["host0"].engine
+        with pytest.raises(UnknownMessage, match="RunThen takes a request"):
+            hostops.serve(engine, hostops.RunThen(5_000_000, hostops.RunUntil(6_000_000)))
+        assert engine.now == 0  # refused before running
+    finally:
+        k.close()
+
+
 @pytest.mark.ray
 def test_same_migration_same_figures_inline_and_ray(ray_session):
     a = simulate(hammer("xen")).summary
