@@ -92,6 +92,8 @@ def _not_only_views(items: list[InboxItem]) -> bool:
 
 #: a message as routed: (emission time, source pCPU, index in its outbox, message)
 Routed = tuple[int, int, int, Any]
+#: a ``RunReply``'s fields (the inline backend's pCPUs answer with the plain tuple)
+Replied = tuple[list[Any], Any, int, int]
 
 
 class Ports(Protocol):
@@ -179,6 +181,8 @@ class EpochEngine:
     def __init__(self, spec: HostSpec, ports: Ports, memory: HostMemory | None, root_seed: int, start_ns: int = 0):
         self.spec = spec
         self.ports = ports
+        # in-process pCPUs are run directly, without command and reply records
+        self.cores: dict[int, PcpuCore] | None = ports.cores if isinstance(ports, InlinePorts) else None
         self.memory = memory
         self.root_seed = root_seed
         self.now = start_ns
@@ -252,12 +256,14 @@ class EpochEngine:
             self.now = T
             self._boundary(replies)
 
-    def _run(self, inbox: dict[int, list[InboxItem]], until: int, everyone: bool = False) -> dict[int, RunReply]:
+    def _run(self, inbox: dict[int, list[InboxItem]], until: int, everyone: bool = False) -> dict[int, Replied]:
         """One exchange: each pCPU handles its pending items and inbox at ``self.now``, then
         advances to ``until``. With ``everyone``, a pCPU is left out when it provably has
         nothing to do (no event before ``until``, nothing but pool views to receive): leaving it
         out changes nothing, it simply catches up at its next command."""
         cmds: dict[int, Command] = {}
+        replies: dict[int, Replied] = {}
+        cores = self.cores
         pending = self.pending
         horizons = self.horizons
         now = self.now
@@ -274,11 +280,16 @@ class EpochEngine:
                 box = tuple(pend + items) if items else tuple(pend)
             else:
                 box = tuple(items) if items else ()
-            cmds[c] = _new(Run, (box, now, until))  # Run(...), without its Python __new__
+            if cores is not None:
+                replies[c] = cores[c].run(box, now, until)
+            else:
+                cmds[c] = _new(Run, (box, now, until))  # Run(...), without its Python __new__
+        if cores is not None:
+            return replies
         return self.ports.exchange(cmds) if cmds else {}
 
     # --- the boundary ----------------------------------------------------------------------------
-    def _absorb(self, replies: dict[int, RunReply], hold: bool, learn: bool = True) -> list[Routed]:
+    def _absorb(self, replies: dict[int, Replied], hold: bool, learn: bool = True) -> list[Routed]:
         """Record summaries and horizons; return (or hold) the messages, sorted. Answers to the
         toolstack (exported records, probes) are taken out here.
 
@@ -318,7 +329,7 @@ class EpochEngine:
             msgs.sort(key=lambda x: (x[0], x[1], x[2]))
         return msgs
 
-    def _boundary(self, replies: dict[int, RunReply]) -> None:
+    def _boundary(self, replies: dict[int, Replied]) -> None:
         self.boundaries += 1
         first = True
         for _ in range(self.max_rounds + 1):

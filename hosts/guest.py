@@ -19,14 +19,13 @@ code returns what it did; the accounting is done here.
 
 from __future__ import annotations
 
-from heapq import heappush
 from typing import Any
 
 import numpy as np
 
 from hosts import hypercalls as hc
 from hosts.domain import DomainInfo, EvtchnBinding
-from hosts.events import PRIO_GUEST
+from hosts.events import PRIO_GUEST, Event, heap_push
 from hosts.hypercalls import Effect, HypercallCosts, LongOp
 from hosts.loop import EV_BURST, MODE_GUEST, MODE_XEN
 from hosts.memory import HostMemory
@@ -114,7 +113,7 @@ class GuestCpu(SchedulingCpu):
         self.gen += 1
         self.busy_ev = True
         self.q._seq += 1
-        heappush(self._heap, (self.now + ns, PRIO_GUEST, self.q._seq, EV_BURST, self.gen))
+        heap_push(self._heap, Event(self.now + ns, PRIO_GUEST, self.q._seq, EV_BURST, self.gen))
 
     def _guest_next(self, v: VcpuState) -> None:
         wl = self.workloads[v.vid]
@@ -167,7 +166,7 @@ class GuestCpu(SchedulingCpu):
         self._pending_effect = effect
         self.busy_ev = True
         self.q._seq += 1
-        heappush(self._heap, (self.now + cost, PRIO_GUEST, self.q._seq, EV_BURST, self.gen))
+        heap_push(self._heap, Event(self.now + cost, PRIO_GUEST, self.q._seq, EV_BURST, self.gen))
 
     def _hypercall_segment_end(self, v: VcpuState) -> None:
         op = self.long

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from hosts.errors import InvariantError as InvariantError  # re-exported: defined apart so this module can be compiled
 
-from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
 from hosts.books import PcpuBooks
 from hosts.clock import NEVER
-from hosts.events import PRIO_TIMER, EventQueue
+from hosts.events import PRIO_TIMER, Event, EventQueue, heap_pop, heap_push, heapify
 from hosts.tracelog import new_buffer
 
 # Event kinds.
@@ -67,10 +66,10 @@ class EventLoop:
     # --- the heap ------------------------------------------------------------------------------
     def _push(self, t: int, prio: int, kind: int, arg: Any) -> None:
         self.q._seq += 1
-        heappush(self._heap, (t, prio, self.q._seq, kind, arg))
+        heap_push(self._heap, Event(t, prio, self.q._seq, kind, arg))
 
     def next_event_ns(self) -> int:
-        return self._heap[0][0] if self._heap else NEVER
+        return self._heap[0].t if self._heap else NEVER
 
     def horizon(self) -> int:
         """When this pCPU next has anything to do: the time of its first event that is not a
@@ -81,8 +80,8 @@ class EventLoop:
         if not heap:
             return NEVER
         top = heap[0]
-        best = self._live_at(top[0], top[3], top[4])
-        if best == top[0]:
+        best = self._live_at(top.t, top.kind, top.arg)
+        if best == top.t:
             return best
         # below a no-op entry an earlier live one may hide; below a live one nothing earlier.
         # A few entries are looked at; past that, the earliest unseen one bounds the answer
@@ -94,16 +93,16 @@ class EventLoop:
             if i >= n:
                 continue
             e = heap[i]
-            t = e[0]
+            t = e.t
             if t >= best:
                 continue
             budget -= 1
             if budget < 0:
                 for j in todo:
-                    if j < n and heap[j][0] < t:
-                        t = heap[j][0]
+                    if j < n and heap[j].t < t:
+                        t = heap[j].t
                 return t
-            live = self._live_at(t, e[3], e[4])
+            live = self._live_at(t, e.kind, e.arg)
             if live < best:
                 best = live
             if live != t:
@@ -118,21 +117,22 @@ class EventLoop:
         if self.softirq and self.mode == MODE_GUEST:
             self._softirqs()
         while heap:
-            t = heap[0][0]
+            t = heap[0].t
             if t >= until:
                 break
             self.now = t
             while True:  # every event at this instant, then the softirq
-                _t, _prio, _seq, kind, arg = heappop(heap)
+                e = heap_pop(heap)
                 n += 1
+                kind = e.kind
                 if kind == EV_BURST:  # the most frequent kind, handled without a dispatch call
-                    g: int = arg  # a burst's token (compared natively)
+                    g: int = e.arg  # a burst's token (compared natively)
                     if g == self.gen:
                         self.busy_ev = False
                         self._burst_end()
                 else:
-                    self._dispatch(kind, arg)
-                if not heap or heap[0][0] != t:
+                    self._dispatch(kind, e.arg)
+                if not heap or heap[0].t != t:
                     break
             if self.softirq and self.mode == MODE_GUEST:
                 self._softirqs()
@@ -151,12 +151,12 @@ class EventLoop:
         timers = self.timers
         keep = []
         for e in self._heap:
-            kind = e[3]
+            kind = e.kind
             if kind == EV_BURST:
-                if e[4] != gen:
+                if e.arg != gen:
                     continue
             elif kind == EV_SCHED_TIMER:
-                name, tok = e[4]
+                name, tok = e.arg
                 if timers.get(name) != tok:
                     continue
             keep.append(e)
@@ -184,7 +184,7 @@ class EventLoop:
         self._timer_tok += 1
         self.timers[name] = self._timer_tok
         self.q._seq += 1
-        heappush(self._heap, (when_ns, PRIO_TIMER, self.q._seq, EV_SCHED_TIMER, (name, self._timer_tok)))
+        heap_push(self._heap, Event(when_ns, PRIO_TIMER, self.q._seq, EV_SCHED_TIMER, (name, self._timer_tok)))
 
     def stop_timer(self, name: str) -> None:
         self.timers.pop(name, None)

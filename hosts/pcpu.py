@@ -120,15 +120,8 @@ class PcpuCore(GuestCpu):
         """One command of the host protocol (the same in-process and in an actor)."""
         if type(cmd) is Run:
             inbox, at, until = cmd
-            if at > self.now:
-                self.advance(at)  # a pCPU left out of earlier exchanges had nothing before ``at``
-            if inbox:
-                self.handle(inbox)
-            self.advance(until)
-            out = self.outbox
-            self.outbox = []
             # tuple.__new__ skips the NamedTuple's Python-level __new__: one reply per command
-            return _new(RunReply, (out, self.sched.summary(), self.horizon() if self.skip_noops else self.next_event_ns(), self.curr.vid if self.curr is not None else -1))
+            return _new(RunReply, self.run(inbox, at, until))
         if type(cmd) is Finish:
             if cmd.end > self.now:
                 self.advance(cmd.end)
@@ -136,6 +129,18 @@ class PcpuCore(GuestCpu):
                 self.handle(cmd.inbox)
             return self.finish(cmd.end)
         raise UnknownMessage(f"pCPU {self.pcpu}: unknown command {type(cmd).__name__}")
+
+    def run(self, inbox: tuple[Any, ...], at: int, until: int) -> tuple[list[OutMsg], Any, int, int]:
+        """A ``Run`` command's work; its reply's fields as a plain tuple (the inline backend
+        calls this directly, without building the command and reply records)."""
+        if at > self.now:
+            self.advance(at)  # a pCPU left out of earlier exchanges had nothing before ``at``
+        if inbox:
+            self.handle(inbox)
+        self.advance(until)
+        out = self.outbox
+        self.outbox = []
+        return (out, self.sched.summary(), self.horizon() if self.skip_noops else self.next_event_ns(), self.curr.vid if self.curr is not None else -1)
 
     def handle(self, items: tuple[Any, ...] | list[Any]) -> None:
         """Process a boundary inbox at ``self.now``."""

@@ -19,13 +19,12 @@ again at the same instant while it is raised anew (also from inside a decision),
 from __future__ import annotations
 
 from array import array
-from heapq import heappush
 from typing import Any, Final
 
 from hosts.clock import NEVER
 from hosts.codec import pack_vcpu
 from hosts.domain import DomainInfo
-from hosts.events import PRIO_TIMER
+from hosts.events import PRIO_TIMER, Event, heap_push
 from hosts.hypercalls import LongOp
 from hosts.loop import (
     EV_BURST,
@@ -194,7 +193,7 @@ class SchedulingCpu(EventLoop):
                 elif self.s_deadline < NEVER:
                     self.s_armed = d = self.s_deadline
                     self.q._seq += 1
-                    heappush(self._heap, (d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
+                    heap_push(self._heap, Event(d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
         elif kind == EV_SCHED_TIMER:
             name, tok = arg
             if self.timers.get(name) == tok:
@@ -276,7 +275,7 @@ class SchedulingCpu(EventLoop):
             if d < self.s_armed:  # the heap is touched only when the deadline moves earlier
                 self.s_armed = d
                 self.q._seq += 1
-                heappush(self._heap, (d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
+                heap_push(self._heap, Event(d, PRIO_TIMER, self.q._seq, EV_S_TIMER, d))
         else:
             self.s_deadline = NEVER
         if nxt is prev:

@@ -128,8 +128,14 @@ class CpuHog(Workload[CpuParams]):
 class Periodic(Workload[PeriodicParams]):
     kind = "periodic"
 
+    def __init__(self, params: PeriodicParams, dom: DomainInfo, idx: int):
+        super().__init__(params, dom, idx)
+        # in ns, once: the parameters are a pydantic model, slow to read on every action
+        self.run_ns = int(params.run_ms * MS)
+        self.period_ns = int(params.period_ms * MS)
+
     def start(self, v: VcpuState, core: GuestHost) -> None:
-        period = int(self.p.period_ms * MS)
+        period = self.period_ns
         phase = int(v.rng.integers(0, period)) if self.p.random_phase else 0
         v.wl = {"pc": 1 if phase else 0, "rem": 0, "rel": core.now + phase, "miss": 0}
 
@@ -138,22 +144,23 @@ class Periodic(Workload[PeriodicParams]):
         pc = w["pc"]
         if pc == 0:
             w["pc"] = 1
-            return (A, int(self.p.run_ms * MS), ())
+            return (A, self.run_ns, ())
+        now = core.now
         if pc == 1:
-            period = int(self.p.period_ms * MS)
+            period = self.period_ns
             rel = w["rel"]
-            if rel <= core.now:
+            if rel <= now:
                 rel += period
-                while rel <= core.now:
+                while rel <= now:
                     rel += period
                     w["miss"] += 1
             w["rel"] = rel
             w["pc"] = 2
             return (H, hc.HYPERVISOR_set_timer_op, (rel,))
         # pc == 2: block until the release time (re-block if woken early)
-        if w["rel"] <= core.now:
+        if w["rel"] <= now:
             w["pc"] = 1
-            return (A, int(self.p.run_ms * MS), ())
+            return (A, self.run_ns, ())
         return (H, hc.HYPERVISOR_sched_op, (hc.SCHEDOP_block,))
 
 
@@ -349,6 +356,13 @@ class IoClient(Workload[IoClientParams]):
 
     kind = "io_client"
 
+    def __init__(self, params: IoClientParams, dom: DomainInfo, idx: int):
+        super().__init__(params, dom, idx)
+        # once: the parameters are a pydantic model, slow to read on every action
+        self.think_mean_ns = params.think_us * US
+        self.service_ns = int(params.service_us * US)
+        self.work_key = f"work.{dom.uid}"
+
     def start(self, v: VcpuState, core: GuestHost) -> None:
         v.wl = {"pc": 0, "rem": 0, "req": 0, "got": -1}
 
@@ -357,15 +371,15 @@ class IoClient(Workload[IoClientParams]):
         pc = w["pc"]
         if pc == 0:
             w["pc"] = 1
-            return (A, _exp_ns(v, self.p.think_us * US), ())
+            return (A, _exp_ns(v, self.think_mean_ns), ())
         if pc == 1:
             port = io_port(self.dom, self.idx)
             if port < 0:
                 w["pc"] = 0
-                return (A, int(self.p.think_us * US), ())  # no backend: just compute
+                return (A, int(self.think_mean_ns), ())  # no backend: just compute
             w["req"] += 1
             w["pc"] = 2
-            payload = [w["req"], core.now, int(self.p.service_us * US)]
+            payload = [w["req"], core.now, self.service_ns]
             return (H, hc.HYPERVISOR_event_channel_op, (hc.EVTCHNOP_send, port, {"port": port, "payload": payload}))
         if w["got"] >= w["req"]:
             w["pc"] = 0
@@ -383,7 +397,7 @@ class IoClient(Workload[IoClientParams]):
             if payload is not None and len(payload) >= 2:
                 req, t_post = payload[0], payload[1]
                 core.sample("io_lat", v.vid, core.now - t_post)
-                core.count(f"work.{self.dom.uid}", 1)
+                core.count(self.work_key, 1)
                 v.wl["got"] = max(v.wl["got"], req)
         super().on_events(v, core)
 

@@ -44,16 +44,28 @@ if TYPE_CHECKING:  # pragma: no cover
 SumT = TypeVar("SumT")
 
 
-@dataclass(slots=True)
 class Decision:
     """What ``do_schedule`` returns: the next vCPU (None = idle) and when to decide again.
 
     ``next_time_ns`` is relative (Xen's ``prev->next_time``); a negative value arms no timer.
+    A plain class, not a dataclass: a compiled dataclass runs its generated ``__init__`` in
+    the interpreter, and one is built at every decision.
     """
 
-    vcpu: "VcpuState | None"
-    next_time_ns: int
-    migrated: bool = False
+    __slots__ = ("vcpu", "next_time_ns", "migrated")
+
+    def __init__(self, vcpu: "VcpuState | None", next_time_ns: int, migrated: bool = False) -> None:
+        self.vcpu = vcpu
+        self.next_time_ns = next_time_ns
+        self.migrated = migrated
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self.vcpu is other.vcpu and self.next_time_ns == other.next_time_ns and self.migrated == other.migrated
+
+    def __repr__(self) -> str:
+        return f"Decision(vcpu={self.vcpu!r}, next_time_ns={self.next_time_ns!r}, migrated={self.migrated!r})"
 
 
 class SchedContext(Protocol):

@@ -55,6 +55,10 @@ class CreditScheduler(PcpuScheduler):
         self.timestamp_acct = p.accounting == "timestamp"
         self.boost = p.boost
         self.pc = CreditPcpu()
+        # read once: on the engine these are reached through a protocol (slow attribute reads)
+        self.me = ctx.pcpu
+        self.view = ctx.view  # the engine mutates its view, never replaces it
+        self.tickle_one = p.tickle_one_idle
         self._aff_cache: dict[int, Masks] = {}
         self._summary: CreditSummary | None = None
         # init_pdata arms the ticker at NOW() + tick.
@@ -104,11 +108,15 @@ class CreditScheduler(PcpuScheduler):
     def _tickle(self, v: "VcpuState") -> None:
         """__runq_tickle for ``v`` just queued on this pCPU."""
         ctx = self.ctx
-        me = ctx.pcpu
+        me = self.me
         u: CreditVcpu = v.sched
         cur = ctx.curr
-        cur_pri = cur.sched.pri if cur is not None else PRI_IDLE
-        idle_mask = ctx.view.idlers & self.pool
+        cur_pri = PRI_IDLE
+        if cur is not None:
+            cu: CreditVcpu = cur.sched
+            cur_pri = cu.pri
+        view = self.view
+        idle_mask = view.idlers & self.pool
         hard, soft = self._aff(v)
         mask: list[int] = []
         if u.flags & FLAG_PINNED and me in idle_mask:
@@ -129,7 +137,7 @@ class CreditScheduler(PcpuScheduler):
                     # since 4.13 (see the reference, section 2.8). Tickle this pCPU only.
                     mask = [me]
                 elif cands:
-                    if self.params.tickle_one_idle:
+                    if self.tickle_one:
                         self.pc.last_tickle_cpu = cycle(self.pc.last_tickle_cpu, cands)
                         mask = [self.pc.last_tickle_cpu]
                     else:
@@ -140,7 +148,7 @@ class CreditScheduler(PcpuScheduler):
             for c in mask:
                 ctx.trace(TRC_CSCHED_TICKLE, c)
         for c in mask:
-            ctx.view.idlers.discard(c)
+            view.idlers.discard(c)
             ctx.tickle(c)
 
     # --- ops table -----------------------------------------------------------------------
@@ -203,10 +211,10 @@ class CreditScheduler(PcpuScheduler):
 
     def pick_pcpu(self, v: "VcpuState", commit: bool) -> int:
         hard, soft = self._aff(v)
-        me = self.ctx.pcpu
+        me = self.me
         cur = v.last_pcpu if v.last_pcpu >= 0 else me
         runq_idle = not self.pc.runq if cur == me else False
-        cpu = cpu_pick(cur, hard, soft, self.pool, self.ctx.view.idlers, runq_idle)
+        cpu = cpu_pick(cur, hard, soft, self.pool, self.view.idlers, runq_idle)
         if commit:
             v.sched.flags |= FLAG_MIGRATING
         if self.ctx.tracing:
@@ -217,7 +225,7 @@ class CreditScheduler(PcpuScheduler):
         pc = self.pc
         ctx = self.ctx
         if ctx.tracing:  # {cpu:16, tasklet:8, idle:8}
-            ctx.trace(TRC_CSCHED_SCHEDULE, ctx.pcpu | (1 << 24 if curr is None else 0))
+            ctx.trace(TRC_CSCHED_SCHEDULE, self.me | (1 << 24 if curr is None else 0))
         if curr is not None:
             u: CreditVcpu = curr.sched
             runtime = now - curr.state_entry_ns
@@ -241,7 +249,7 @@ class CreditScheduler(PcpuScheduler):
             u.flags &= ~FLAG_YIELD
         pc.steal_pending = False
         snext = pc.runq[0] if pc.runq else None
-        su = snext.sched if snext is not None else None
+        su: CreditVcpu | None = snext.sched if snext is not None else None
         snext_pri = su.pri if su is not None else PRI_IDLE
         if snext_pri <= PRI_OVER and now - pc.last_load_balance > self.lb_ratelimit:
             pc.last_load_balance = now
@@ -249,9 +257,9 @@ class CreditScheduler(PcpuScheduler):
         if su is not None:
             del pc.runq[0]
             su.start_time += now
-            ctx.view.idlers.discard(ctx.pcpu)
+            self.view.idlers.discard(self.me)
         else:
-            ctx.view.idlers.add(ctx.pcpu)
+            self.view.idlers.add(self.me)
         # Stop the tick when going idle, restart it aligned to a tick when leaving idle.
         if curr is not None and snext is None and pc.tick_armed:
             ctx.stop_timer("tick")
@@ -283,11 +291,11 @@ class CreditScheduler(PcpuScheduler):
                 ctx.pool_msg(_new(CreditAcctStart, (curr.vid,)))
             else:
                 new_cpu = self.pick_pcpu(curr, commit=False)
-                if new_cpu != ctx.pcpu:
+                if new_cpu != self.me:
                     ctx.set_migrating(curr)
         # csched_runq_sort: once per accounting epoch, move UNDER/BOOST ahead of OVER.
-        if ctx.view.epoch != pc.runq_sort_last:
-            pc.runq_sort_last = ctx.view.epoch
+        if self.view.epoch != pc.runq_sort_last:
+            pc.runq_sort_last = self.view.epoch
             pc.runq[:] = [v for v in pc.runq if v.sched.pri >= PRI_UNDER] + [v for v in pc.runq if v.sched.pri < PRI_UNDER]
         ctx.set_timer("tick", now + self.tick_period)
 
@@ -295,8 +303,12 @@ class CreditScheduler(PcpuScheduler):
         curr = self.ctx.curr
         pc = self.pc
         runq = pc.runq
-        cvid = curr.vid if curr is not None else -1
-        cpri: int = curr.sched.pri if curr is not None else PRI_IDLE
+        cvid = -1
+        cpri = PRI_IDLE
+        if curr is not None:
+            cvid = curr.vid
+            cu: CreditVcpu = curr.sched
+            cpri = cu.pri
         # one per command: the last one again when nothing in it changed (the usual case)
         last = self._summary
         if last is not None and last[0] == cvid and last[1] == cpri and last[3] == pc.nr_runnable and len(last[2]) == len(runq):
@@ -314,7 +326,11 @@ class CreditScheduler(PcpuScheduler):
         queued = []
         for v in runq:
             u = v.sched
-            queued.append(_new(CreditQueued, (v.vid, u.pri, u.last_sched_time)))
+            e = u.queued
+            # a unit's entry changes only when it is scheduled or its priority does
+            if e is None or e[0] != v.vid or e[1] != u.pri or e[2] != u.last_sched_time:
+                e = u.queued = _new(CreditQueued, (v.vid, u.pri, u.last_sched_time))
+            queued.append(e)
         self._summary = last = _new(CreditSummary, (cvid, cpri, tuple(queued), pc.nr_runnable))
         return last
 

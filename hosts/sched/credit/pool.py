@@ -90,11 +90,13 @@ class CreditPool(PoolScheduler[CreditSummary]):
         self.balance_bias = cpus[0] if cpus else 0
         self.migr_delay = params.vcpu_migration_delay_us * US
         self._now = 0
+        self._soft: bool | None = None  # whether any vCPU has a soft affinity (None: to be found)
 
     # --- domain table ----------------------------------------------------------------------
     def add_domain(self, dom: DomainInfo) -> None:
         self.doms[dom.uid] = CreditDom(dom.weight, dom.cap)
         self.set_affinity(dom)
+        self._soft = None
 
     def adjust(self, dom: DomainInfo) -> None:
         """csched_dom_cntl putinfo: a weight change rescales the pool weight."""
@@ -107,6 +109,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
         sd.weight = dom.weight
         sd.cap = dom.cap
         self.set_affinity(dom)
+        self._soft = None
 
     def remove_domain(self, dom: DomainInfo) -> None:
         sd = self.doms.pop(dom.uid, None)
@@ -117,6 +120,7 @@ class CreditPool(PoolScheduler[CreditSummary]):
             self.active_sdom.remove(dom.uid)
         for i in range(dom.nr_vcpus):
             self.affinity.pop(make_vid(dom.uid, i), None)
+        self._soft = None
 
     def on_msg(self, src: int, payload: PoolMsg) -> None:
         match payload:
@@ -223,6 +227,9 @@ class CreditPool(PoolScheduler[CreditSummary]):
         # the summaries as the steals of this call change them: a pCPU's copy is made when
         # a steal first touches it (most requests find better work or nothing to take)
         state: dict[int, _Peer] = {}
+        any_soft = self._soft
+        if any_soft is None:
+            any_soft = self._soft = any(has_soft_affinity(h, sa, self.pool) for h, sa in self.affinity.values())
         for _t, cpu, _pri in steal_reqs:
             s = summaries.get(cpu)
             if s is None:
@@ -249,6 +256,8 @@ class CreditPool(PoolScheduler[CreditSummary]):
                 continue
             got = None
             for step in (0, 1):
+                if step == 0 and not any_soft:
+                    continue  # the soft step takes only vCPUs with a soft affinity: none here
                 first = cycle(self.balance_bias, workers)
                 peer = first
                 while True:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterable
 from hosts.sched.affinity import balance_mask, cycle, has_soft_affinity
 from hosts.sched.base import UnitRecord
 from hosts.sched.credit.params import PRI_UNDER
+from hosts.sched.messages import CreditQueued
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -24,7 +25,7 @@ class CreditVcpu(UnitRecord):
     """Per-unit data (Xen's ``struct csched_unit``); travels with the vCPU inside a host."""
 
     FIELDS = ("pri", "credit", "residual", "start_time", "flags", "last_sched_time", "active")
-    __slots__ = FIELDS
+    __slots__ = FIELDS + ("queued",)
 
     def __init__(self) -> None:
         self.pri = PRI_UNDER
@@ -34,6 +35,8 @@ class CreditVcpu(UnitRecord):
         self.flags = 0
         self.last_sched_time = 0
         self.active = False
+        #: the unit's last runqueue entry in a summary, reused while it still holds (not on the wire)
+        self.queued: CreditQueued | None = None
 
 
 def unit(v: "VcpuState") -> CreditVcpu:
