@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 LOG_TO_DRIVER = os.environ.get("HVSIM_RAY_LOGS", "") not in ("", "0")
 
 
+#: worker processes the embedded raylet may start at once (unless the environment says)
+STARTUP_ENV = "RAY_worker_maximum_startup_concurrency"
+STARTUP_CONCURRENCY = 256
+
+
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
@@ -69,13 +74,23 @@ class RaySession:
             self.tmpdir = tempfile.mkdtemp(prefix="hvsim-ray-")
             self.reaper.watch_dir(self.tmpdir)
             ncpu = self.num_cpus or max(2, os.cpu_count() or 2)
-            ray.init(
-                num_cpus=ncpu,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=LOG_TO_DRIVER,
-                _temp_dir=self.tmpdir,
-            )
+            # The raylet starts at most one worker per core at a time and, past a few times
+            # that, tells the driver's terminal so at every multiple (a cluster of 8 hosts of 4
+            # pCPUs is 32 actors). It reads this at its start; the run's start-up time is the
+            # same either way (measured: 13.9 s and 13.2 s for 32 actors on 2 cores).
+            saved = os.environ.get(STARTUP_ENV)
+            os.environ.setdefault(STARTUP_ENV, str(STARTUP_CONCURRENCY))
+            try:
+                ray.init(
+                    num_cpus=ncpu,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=LOG_TO_DRIVER,
+                    _temp_dir=self.tmpdir,
+                )
+            finally:
+                if saved is None:
+                    os.environ.pop(STARTUP_ENV, None)
             self.owned = True
             self.joined = True
             self.reaper.watch_children()

@@ -209,3 +209,19 @@ def test_hosts_sharing_a_process_give_inlines_results(ray_session, tmp_path):
     assert [(m["domain"], m["status"]) for m in res.summary["migrations"]] == [("w2", "completed"), ("w0", "completed")]
     for h in ("h0", "h1", "h2"):
         assert [r.digest for r in res.reports[h]] == [r.digest for r in inline.reports[h]]
+
+
+@pytest.mark.ray
+def test_the_embedded_raylet_may_start_a_clusters_actors_at_once(ray_session):
+    """The raylet started by the test session (as by ``hvsim run``) got the startup concurrency
+    that keeps Ray's worker-count notices off the terminal."""
+    import os
+
+    import psutil
+
+    from cluster.raysession import STARTUP_CONCURRENCY, STARTUP_ENV
+
+    raylets = [p for p in psutil.Process().children(recursive=True) if "raylet" in p.name()]
+    assert raylets, "no raylet among this process's children"
+    expected = os.environ.get(STARTUP_ENV, str(STARTUP_CONCURRENCY))
+    assert all(p.environ().get(STARTUP_ENV) == expected for p in raylets)
