@@ -57,13 +57,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
     # --- tickling ------------------------------------------------------------------------------
     def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool] | None:
         """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu, None if idle."""
-        if cpu == self.ctx.pcpu:
+        if cpu == self.me:
             cur = self.ctx.curr
             if cur is None:
                 return None
             self._burn(cur, now)
-            _, soft = self.affinity(cur)
-            return (cur.sched.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
+            cu: Credit2Unit = cur.sched
+            _, soft = self._aff(cur)
+            return (cu.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
         info = self._view().cpu.get(cpu)
         if info is None:
             return None
@@ -81,7 +82,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if cpu != u.processor:
             score -= self.resist
         if score > 0:
-            _, soft = self.affinity(v)
+            _, soft = self._aff(v)
             if not soft or cpu in soft:
                 score += CREDIT_INIT
             if not cur_soft_ok:
@@ -92,14 +93,26 @@ class Credit2Scheduler(Credit2PcpuBudget):
         """runq_tickle for v just queued here (this pCPU is its processor)."""
         self._fresh_view()
         ctx = self.ctx
-        me = ctx.pcpu
+        me = self.me
         u: Credit2Unit = v.sched
         pc = self.pc
         if ctx.tracing:  # {unit:16, dom:16}, processor, credit
             ctx.trace(TRC_CSCHED2_TICKLE_NEW, ctx.trace_id(v), u.processor, u.credit)
-        hard, soft = self.affinity(v)
-        idlers = self._idlers()
-        idle = (idlers & self.rq_cpus) - pc.tickled
+        hard, soft = self._aff(v)
+        # the runqueue's untickled pCPUs in id order, idle (Xen's rqd->idle: the others as of
+        # the last view, this one as it is now) or busy
+        me_idle = ctx.curr is None
+        view_idle = self.pview.idlers
+        tickled = pc.tickled
+        idle: list[int] = []
+        busy_all: list[int] = []
+        for c in self.rq_list:
+            if c in tickled:
+                continue
+            if (me_idle if c == me else c in view_idle):
+                idle.append(c)
+            else:
+                busy_all.append(c)
         ipid = -1
         if u.flags & F_PINNED and me in idle:
             ipid = me
@@ -109,12 +122,12 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 if step == 0 and not use_soft:
                     continue
                 mask = balance_mask(step, hard, soft) & self.pool
-                cands = idle & mask  # no SMT: every idle, untickled pCPU is a fully idle core
+                cands = [c for c in idle if c in mask]  # no SMT: every idle, untickled pCPU is a fully idle core
                 if cands:
                     ipid = me if me in cands else cycle(me, cands)
                     break
             if ipid < 0:
-                busy = sorted((self.rq_cpus - idlers - pc.tickled) & hard)
+                busy = [c for c in busy_all if c in hard]
                 best = 0
                 if me in busy:
                     s = self._score(v, me, now)
@@ -146,7 +159,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         now = self.ctx.now
         self._acc(now)
         pc = self.pc
-        me = self.ctx.pcpu
+        me = self.me
         if isinstance(v.sched, Credit2Unit):
             u = v.sched
         elif v.sched:
@@ -158,7 +171,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u.processor = me
             u.rq = pc.rq
             u.gen = pc.gen
-            d = self.ctx.domains.get(v.dom)
+            d = self.doms.get(v.dom)
             u.budget = 0 if d is not None and d.cap else None
         u.on_runq = False
         u.flags &= ~(F_SCHEDULED | F_DELAYED | F_PARK_PENDING)
@@ -174,8 +187,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
         self._set_pinned(v)
         if u.flags & F_PARKED:
             pc.parked.setdefault(v.dom, []).append(v.vid)
-        if self._weight(v) > pc.max_weight:
-            pc.max_weight = self._weight(v)  # update_max_weight
+        w = self._weight(v)
+        if w > pc.max_weight:
+            pc.max_weight = w  # update_max_weight
         if stolen:
             self._runq_insert(v)
             if v.vid in pc.pull_expect:
@@ -261,7 +275,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         """csched2_res_pick: the least loaded runqueue of the (soft, then hard) affinity, then
         the next pCPU after the runqueue's pick bias."""
         u: Credit2Unit = v.sched
-        hard, soft = self.affinity(v)
+        hard, soft = self._aff(v)
         if u.migrate_cpu >= 0 and u.migrate_cpu in hard:
             cpu = u.migrate_cpu
             if commit:
@@ -286,7 +300,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def _candidate(self, scurr: "VcpuState | None", now: int, view: Credit2View) -> tuple["VcpuState | None", bool]:
         """runq_candidate over this pCPU's slice; returns (snext, pull) where pull says a vCPU
         waiting on another pCPU would have come first in the shared runqueue."""
-        me = self.ctx.pcpu
+        me = self.me
         pc = self.pc
         yield_ = False
         bypass = pc.pull_bypass
@@ -303,7 +317,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                     self.ctx.trace(TRC_CSCHED2_RATELIMIT, self.ctx.trace_id(scurr), now - scurr.state_entry_ns)
                 return scurr, False
             soft_aff_preempt = False
-            hard, soft = self.affinity(scurr)
+            hard, soft = self._aff(scurr)
             if has_soft_affinity(hard, soft, self.pool):
                 sm = balance_mask(0, hard, soft)
                 if me not in sm:
@@ -317,7 +331,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u: Credit2Unit = v.sched
             if not v.runnable():
                 continue
-            if me not in self.affinity(v)[0]:
+            if me not in self._aff(v)[0]:
                 continue
             if not may_take(me, me, u.tickled_cpu, u.processor, u.credit, snext_credit, self.resist):
                 continue  # reserved for the pCPU tickled for it, or it resists migrating
@@ -340,9 +354,10 @@ class Credit2Scheduler(Credit2PcpuBudget):
         q = view.q.get(self.pc.rq)
         if not q:
             return False
-        me = self.ctx.pcpu
+        me = self.me
+        held = self.held
         for w in q:
-            if w.holder == me or w.vid in self.ctx.vcpus:
+            if w.holder == me or w.vid in held:
                 continue
             if w.hard and me not in w.hard:
                 continue
@@ -383,7 +398,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         view = self._view()
         ctx = self.ctx
         pc = self.pc
-        me = ctx.pcpu
+        me = self.me
         if ctx.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
             idle = 1 if curr is None else 0
             ctx.trace(TRC_CSCHED2_SCHEDULE, me | pc.rq << 16, idle << 8 | idle << 16 | (1 << 24 if me in pc.tickled else 0))
@@ -435,14 +450,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 if instr.rq == self.pc.rq:
                     self._apply_reset(instr.gen, instr.amount, now)
             case Credit2Untickle():
-                v = ctx.vcpus.get(instr.vid)
-                if v is not None and v.sched.tickled_cpu != ctx.pcpu:
+                v = self.held.get(instr.vid)
+                if v is not None and v.sched.tickled_cpu != self.me:
                     v.sched.tickled_cpu = -1
                     ctx.raise_softirq()
             case Credit2Pulled():
                 self.pc.pull_expect.add(instr.vid)
             case Credit2RqMigrate():
-                v = ctx.vcpus.get(instr.vid)
+                v = self.held.get(instr.vid)
                 if v is not None:
                     u: Credit2Unit = v.sched
                     u.migrate_cpu = instr.to_pcpu
@@ -462,36 +477,74 @@ class Credit2Scheduler(Credit2PcpuBudget):
         now = ctx.now
         pc = self.pc
         cur = ctx.curr
+        ci = None
         if cur is not None and isinstance(cur.sched, Credit2Unit):
-            _, soft = self.affinity(cur)
-            ci = _new(Credit2Curr, (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft))
-        else:
-            ci = None
+            _, soft = self._aff(cur)
+            ci = _new(Credit2Curr, (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or self.me in soft))
         if self._dirty:
             self._dirty = False
-            queued = []
-            for v in pc.runq:
-                u: Credit2Unit = v.sched
-                queued.append(_new(Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor)))
-            # per-unit loads matter with several runqueues; demand for budget with caps
-            every = len(self.rqs) > 1
-            units = []
-            max_w = 1
-            for vid in sorted(ctx.vcpus):
-                v = ctx.vcpus[vid]
+            self._refresh_parts()
+        units, max_w, reserves = self._cached
+        load = self._load_now()
+        area = pc.load_area + load * max(now - pc.load_last_t, 0)
+        return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, self._queued, units, area, load, reserves, max_w, self._held_vids))
+
+    def _refresh_parts(self) -> None:
+        """The summary's parts after a hook ran. Each is reused while it holds: a unit's queue
+        entry while its fields do, the queue and the held vids while their entries are the same."""
+        pc = self.pc
+        runq = pc.runq
+        last_q = self._queued
+        same = len(last_q) == len(runq)
+        entries: list[Credit2Queued] = []
+        for i, v in enumerate(runq):
+            u: Credit2Unit = v.sched
+            e = u.queued
+            if e is None or e.vid != v.vid or e.credit != u.credit or e.tickled != u.tickled_cpu or e.processor != u.processor:
+                e = u.queued = _new(Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor))
+            if same and last_q[i] is not e:
+                same = False
+            entries.append(e)
+        if not same:
+            self._queued = tuple(entries)
+        vcpus = self.held
+        held = self._held_vids
+        ok = len(held) == len(vcpus)
+        if ok:
+            for vid in held:
+                if vid not in vcpus:
+                    ok = False
+                    break
+        if not ok:
+            held = self._held_vids = tuple(sorted(vcpus))
+        # per-unit loads matter with several runqueues; demand for budget with caps
+        every = len(self.rqs) > 1
+        want_units = every
+        max_w = 1
+        for v in vcpus.values():
+            uu = v.sched
+            if not isinstance(uu, Credit2Unit):
+                continue
+            w = self._weight(v)
+            if w > max_w:
+                max_w = w
+            if uu.budget is not None or uu.flags & F_PARKED:
+                want_units = True
+        units: tuple[Credit2Load, ...] = ()
+        if want_units:
+            ul = []
+            for vid in held:
+                v = vcpus[vid]
                 uu = v.sched
                 if not isinstance(uu, Credit2Unit):
                     continue
-                w = self._weight(v)
-                if w > max_w:
-                    max_w = w
                 if every or uu.budget is not None or uu.flags & F_PARKED:
-                    units.append(_new(Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+                    ul.append(_new(Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+            units = tuple(ul)
+        reserves: tuple[Credit2Reserve, ...] = ()
+        if pc.reserve:
             reserves = tuple(_new(Credit2Reserve, (uid, r)) for uid, r in sorted(pc.reserve.items()))
-            self._cached = (tuple(queued), tuple(units), max_w, reserves, tuple(sorted(ctx.vcpus)))
-        queued_, units_, max_w_, reserves_, held = self._cached
-        area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)
-        return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held))
+        self._cached = (units, max_w, reserves)
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -21,10 +21,12 @@ from __future__ import annotations
 from typing import Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
+from hosts.domain import DomainInfo
+from hosts.sched.affinity import Masks
 from hosts.sched.base import PcpuScheduler, SchedContext
 from hosts.sched.credit2.params import CARRYOVER_MAX, CREDIT_INIT, CREDIT_MIN, DEFAULT_WEIGHT, F_PINNED, GEN_HISTORY, LOADAVG_GRANULARITY_SHIFT, RING, Credit2Params
 from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at
-from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
+from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View, PoolView
 from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
 
 INT_MIN: Final = -(1 << 31)
@@ -36,8 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 NO_VIEW: Final = Credit2View(0, {}, {}, {})
 _UNSEEN: Final = object()
 
-# (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
-_Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]
+# (units, max_weight, reserves) of a summary, rebuilt only when a hook ran since
+_Cached = tuple[tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...]]
 
 class Credit2Slice(PcpuScheduler):
     """The per-pCPU half's state and the operations on it (see the module comment)."""
@@ -64,21 +66,41 @@ class Credit2Slice(PcpuScheduler):
         self._view_gen = 0
         self._removing = -1
         self._dirty = True
-        self._cached: _Cached = ((), (), 1, (), ())
+        self._cached: _Cached = ((), 1, ())
+        self._queued: tuple[Credit2Queued, ...] = ()  # the last summary's queue and held vids
+        self._held_vids: tuple[int, ...] = ()
+        # read once: the engine's attributes are reached through a protocol (slow reads); it
+        # mutates these objects, never replaces them
+        self.me = ctx.pcpu
+        self.pview: PoolView = ctx.view
+        self.held: dict[int, VcpuState] = ctx.vcpus
+        self.doms: dict[int, DomainInfo] = ctx.domains
+        self.rq_list = self.rqs[rq]  # this runqueue's pCPUs in id order
 
     # --- helpers -------------------------------------------------------------------------
     def _view(self) -> Credit2View:
-        x = self.ctx.view.extra
+        x = self.pview.extra
         return x if type(x) is Credit2View else NO_VIEW
 
     def _weight(self, v: "VcpuState") -> int:
-        d = self.ctx.domains.get(v.dom)
+        d = self.doms.get(v.dom)
         return d.weight if d is not None else DEFAULT_WEIGHT
+
+    def _aff(self, v: "VcpuState") -> Masks:
+        """``affinity(v)``, kept on the unit while the vCPU's affinity tuples are the same objects."""
+        u: Credit2Unit = v.sched
+        h = v.hard_affinity
+        s = v.soft_affinity
+        if u.aff_h is not h or u.aff_s is not s:
+            u.hard, u.soft = self.affinity(v)
+            u.aff_h = h
+            u.aff_s = s
+        return u.hard, u.soft
 
     def _idlers(self) -> frozenset[int]:
         """Xen's rqd->idle: the others as of the last view, this pCPU as it is now."""
-        me = self.ctx.pcpu
-        idle = frozenset(self.ctx.view.idlers) - {me}
+        me = self.me
+        idle = frozenset(self.pview.idlers) - {me}
         return idle | {me} if self.ctx.curr is None else idle
 
     def _load_now(self) -> int:
@@ -101,7 +123,7 @@ class Credit2Slice(PcpuScheduler):
 
     def _fresh_view(self) -> None:
         """On a new view: forget its tickles and budget asks, catch up a reset it shows."""
-        extra = self.ctx.view.extra
+        extra = self.pview.extra
         if extra is self._seen_view:
             return
         self._seen_view = extra
@@ -120,7 +142,7 @@ class Credit2Slice(PcpuScheduler):
     def _update_max_weight(self) -> None:
         rqv = self._view().rq.get(self.pc.rq)
         mw = rqv.max_weight if rqv is not None else 1
-        for v in self.ctx.vcpus.values():
+        for v in self.held.values():
             w = self._weight(v)
             if w > mw:
                 mw = w
@@ -140,8 +162,8 @@ class Credit2Slice(PcpuScheduler):
         """The credit of the best vCPU waiting on another pCPU of this runqueue (view)."""
         q = view.q.get(self.pc.rq)
         if q:
-            held = self.ctx.vcpus
-            me = self.ctx.pcpu
+            held = self.held
+            me = self.me
             for w in q:
                 if w.holder != me and w.vid not in held:
                     return self._remote_bonus(w.credit)
@@ -203,7 +225,7 @@ class Credit2Slice(PcpuScheduler):
 
     def _set_pinned(self, v: "VcpuState") -> None:
         u: Credit2Unit = v.sched
-        if len(self.affinity(v)[0]) == 1:
+        if len(self._aff(v)[0]) == 1:
             u.flags |= F_PINNED
         else:
             u.flags &= ~F_PINNED
