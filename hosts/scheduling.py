@@ -37,7 +37,7 @@ from hosts.loop import (
     InvariantError,
 )
 from hosts.messages import XFER_PUSH, EvtOut, OutMsg, PoolOut, StealReq, TickleOut, XferOut
-from hosts.sched.base import PcpuScheduler
+from hosts.sched.base import PcpuScheduler, UnitRecord
 from hosts.sched.messages import PoolView
 from hosts.tracelog import (
     DOMID_IDLE,
@@ -346,7 +346,11 @@ class SchedulingCpu(EventLoop):
 
     def _send_vcpu(self, v: VcpuState, to_pcpu: int, how: int) -> None:
         self._forget(v.vid)
-        v.sched = self.sched.udata_to_wire(v.sched)
+        u = v.sched
+        if not self.wire and self.sched.keeps_record and isinstance(u, UnitRecord) and type(u) is self.sched.unit_type:
+            u.restored()  # the record itself is handed over with the vCPU object
+        else:
+            v.sched = self.sched.udata_to_wire(u)
         self.outbox.append(_new(XferOut, (self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how)))
 
     def _forget(self, vid: int) -> None:

@@ -46,6 +46,7 @@ class Credit2Slice(PcpuScheduler):
 
     name = "credit2"
     unit_type = Credit2Unit
+    keeps_record = True  # pc.runq and pc.parked let go of a vCPU that leaves
     params: Credit2Params
 
     def __init__(self, ctx: SchedContext, params: Credit2Params) -> None:
