@@ -27,7 +27,7 @@ from hosts.sched.base import Decision, unknown
 from hosts.sched.credit2.caps import Credit2PcpuBudget
 from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_RESET, F_DELAYED, F_MIGRATE_REQ, F_PARK_PENDING, F_PARKED, F_PINNED, F_SCHEDULED, F_YIELD, IDLE_CREDIT
 from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, MAX_TIMER, MIGRATE_COMPENSATION, MIN_TIMER, PULL
-from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick
+from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, unit
 from hosts.sched.messages import Credit2BudgetSet, Credit2CapOff, Credit2CapOn, Credit2Curr, Credit2Load, Credit2Pulled, Credit2Queued
 from hosts.sched.messages import Credit2Reserve, Credit2Reset, Credit2RqMigrate, Credit2Summary, Credit2Untickle, Credit2View, Instruction
 from hosts.tracelog import (
@@ -55,28 +55,28 @@ class Credit2Scheduler(Credit2PcpuBudget):
     name = "credit2"
 
     # --- tickling ------------------------------------------------------------------------------
-    def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool] | None:
-        """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu, None if idle."""
+    def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool]:
+        """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu; an idle pCPU is
+        not preemptable (a plain tuple: mypyc returns it unboxed)."""
         if cpu == self.me:
             cur = self.ctx.curr
             if cur is None:
-                return None
+                return (0, True, False)
             self._burn(cur, now)
             cu: Credit2Unit = cur.sched
             _, soft = self._aff(cur)
             return (cu.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
         info = self._view().cpu.get(cpu)
         if info is None:
-            return None
+            return (0, True, False)
         credit = extrapolate(self._remote_bonus(info.credit), now - info.ts, self.pc.max_weight, info.weight)
         return (credit, info.soft_ok, is_preemptable(info.entry_ns, now, self.ratelimit))
 
     def _score(self, v: "VcpuState", cpu: int, now: int) -> int:
         """tickle_score."""
-        info = self._cur_info(cpu, now)
-        if info is None or not info[2]:
+        credit, cur_soft_ok, preemptable = self._cur_info(cpu, now)
+        if not preemptable:
             return -1
-        credit, cur_soft_ok, _ = info
         u: Credit2Unit = v.sched
         score = u.credit - credit
         if cpu != u.processor:
@@ -195,7 +195,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             if v.vid in pc.pull_expect:
                 pc.pull_expect.discard(v.vid)
                 pc.pull_bypass = True
-            self.ctx.raise_softirq()
+            self._raise_softirq()
 
     def remove(self, v: "VcpuState") -> None:
         self._acc(self.ctx.now)
@@ -239,7 +239,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         self._acc(now)
         u: Credit2Unit = v.sched
         if self.ctx.curr is v:
-            self.ctx.raise_softirq()
+            self._raise_softirq()
         elif u.on_runq:
             self._svc_load(u, -1, now, False)
             self._runq_remove(v)
@@ -247,7 +247,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u.flags &= ~F_DELAYED
 
     def yield_(self, v: "VcpuState") -> None:
-        v.sched.flags |= F_YIELD
+        u: Credit2Unit = v.sched
+        u.flags |= F_YIELD
 
     def adjust_affinity(self, v: "VcpuState") -> None:
         self._set_pinned(v)
@@ -378,7 +379,10 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 rl = snext.state_entry_ns + self.ratelimit - now
             min_time = max(min_time, rl)
         rt_credit = u.credit
-        swait = self.pc.runq[0].sched.credit if self.pc.runq else None
+        swait: int | None = None
+        if self.pc.runq:
+            hu: Credit2Unit = self.pc.runq[0].sched
+            swait = hu.credit
         if remote is not None and (swait is None or remote > swait):
             swait = remote
         if swait is not None and swait > 0:
@@ -417,13 +421,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
             cu.flags |= F_DELAYED
         if snext is None:
             return Decision(None, -1)
-        su = cu if snext is curr and cu is not None else snext.sched
+        su: Credit2Unit = cu if snext is curr and cu is not None else snext.sched
         if snext is not curr:
             self._runq_remove(snext)
             su.flags |= F_SCHEDULED
         top = su.credit
         if pc.runq:
-            top = max(top, pc.runq[0].sched.credit)
+            hu: Credit2Unit = pc.runq[0].sched
+            top = max(top, hu.credit)
         remote = self._remote_head(view)
         if remote is not None:
             top = max(top, remote)
@@ -451,9 +456,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
                     self._apply_reset(instr.gen, instr.amount, now)
             case Credit2Untickle():
                 v = self.held.get(instr.vid)
-                if v is not None and v.sched.tickled_cpu != self.me:
-                    v.sched.tickled_cpu = -1
-                    ctx.raise_softirq()
+                if v is not None and unit(v).tickled_cpu != self.me:
+                    unit(v).tickled_cpu = -1
+                    self._raise_softirq()
             case Credit2Pulled():
                 self.pc.pull_expect.add(instr.vid)
             case Credit2RqMigrate():

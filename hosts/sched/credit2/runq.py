@@ -18,7 +18,7 @@ in credit order, FIFO among equals.
 
 from __future__ import annotations
 
-from typing import Final, TYPE_CHECKING
+from typing import Callable, Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
 from hosts.domain import DomainInfo
@@ -77,6 +77,10 @@ class Credit2Slice(PcpuScheduler):
         self.held: dict[int, VcpuState] = ctx.vcpus
         self.doms: dict[int, DomainInfo] = ctx.domains
         self.rq_list = self.rqs[rq]  # this runqueue's pCPUs in id order
+        self.ring_any = len(self.rq_cpus) > 1 or len(self.rqs) > 1  # a plain ring can do something
+        # the engine's methods called most, bound once (a call through the protocol looks them up)
+        self._request_steal: Callable[[int], None] = ctx.request_steal
+        self._raise_softirq: Callable[[], None] = ctx.raise_softirq
 
     # --- helpers -------------------------------------------------------------------------
     def _view(self) -> Credit2View:
@@ -202,7 +206,10 @@ class Credit2Slice(PcpuScheduler):
         c = u.credit
         i = 0
         n = len(runq)
-        while i < n and not c > runq[i].sched.credit:
+        while i < n:
+            ou: Credit2Unit = runq[i].sched
+            if c > ou.credit:
+                break
             i += 1
         runq.insert(i, v)
         u.on_runq = True
@@ -216,13 +223,13 @@ class Credit2Slice(PcpuScheduler):
             u.on_runq = False
 
     def _ring(self, kind: int = RING) -> None:
-        if len(self.rq_cpus) > 1 or len(self.rqs) > 1 or kind != RING:
-            self.ctx.request_steal(kind)
+        if self.ring_any or kind != RING:
+            self._request_steal(kind)
 
     def _kick(self) -> None:
         """Make this pCPU reschedule (the engine's softirq loop runs it at this instant, also
         when raised from inside schedule())."""
-        self.ctx.raise_softirq()
+        self._raise_softirq()
 
     def _set_pinned(self, v: "VcpuState") -> None:
         u: Credit2Unit = v.sched
@@ -268,7 +275,8 @@ class Credit2Slice(PcpuScheduler):
         u.gen = max(u.gen, upto)
 
     def _reset(self, now: int, snext: "VcpuState") -> None:
-        amount = CREDIT_INIT * (2 if snext.sched.credit == CREDIT_MIN else 1)
+        su: Credit2Unit = snext.sched
+        amount = CREDIT_INIT * (2 if su.credit == CREDIT_MIN else 1)
         gen = self.pc.gen + 1
         self._apply_reset(gen, amount, now)
         self.ctx.pool_msg(Credit2Reset(self.pc.rq, gen, amount))
