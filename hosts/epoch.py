@@ -90,7 +90,9 @@ def _not_only_views(items: list[InboxItem]) -> bool:
     return False
 
 
-#: a message as routed: (emission time, source pCPU, index in its outbox, message)
+#: a message as routed: (emission time, source pCPU, sequence, message); the sequence grows
+#: with every message the master takes in, so (time, pCPU, sequence) is unique and orders
+#: a pCPU's messages as it emitted them, earlier exchanges first
 Routed = tuple[int, int, int, Any]
 #: a ``RunReply``'s fields (the inline backend's pCPUs answer with the plain tuple)
 Replied = tuple[list[Any], Any, int, int]
@@ -201,6 +203,7 @@ class EpochEngine:
         self.curr_vid: dict[int, int] = {c: -1 for c in self.cpus}
         self.horizons: dict[int, int] = {c: start_ns for c in self.cpus}
         self.held: list[Routed] = []  # messages emitted between boundaries by command rounds
+        self.msg_seq = 0
         self.sent_view: dict[int, tuple[tuple[int, ...], int, Any]] = {}  # pool -> its last view
         self.exported: dict[int, bytes | None] = {}
         self.host_events: list[tuple[int, str, int, int]] = []  # (time, kind, uid, reason)
@@ -299,6 +302,7 @@ class EpochEngine:
         alone). A horizon may only move earlier, which a pause cannot cause. Only ``curr_vid``
         (the toolstack's view of who runs) is refreshed."""
         msgs: list[Routed] = []
+        seq = self.msg_seq
         for c, (out, summary, horizon, curr) in replies.items():
             self.curr_vid[c] = curr
             if learn:
@@ -307,7 +311,7 @@ class EpochEngine:
                 self.idle[c] = curr < 0
             elif horizon < self.horizons[c]:
                 self.horizons[c] = horizon
-            for j, m in enumerate(out):
+            for m in out:
                 if type(m) is Exported:
                     self.exported[m.vid] = m.record
                     if m.record is not None:
@@ -318,7 +322,9 @@ class EpochEngine:
                     self.probed["running_ns"] = self.probed.get("running_ns", 0) + m.running_ns
                     self.probed["logdirty_ns"] = self.probed.get("logdirty_ns", 0) + m.logdirty_ns
                 else:
-                    msgs.append((m.t, c, j, m))
+                    msgs.append((m.t, c, seq, m))
+                    seq += 1
+        self.msg_seq = seq
         if hold:
             self.held.extend(msgs)
             return []
@@ -326,7 +332,7 @@ class EpochEngine:
             msgs = self.held + msgs
             self.held = []
         if len(msgs) > 1:
-            msgs.sort(key=lambda x: (x[0], x[1], x[2]))
+            msgs.sort()  # by (time, pCPU, sequence): unique, the message itself is never compared
         return msgs
 
     def _boundary(self, replies: dict[int, Replied]) -> None:

@@ -158,6 +158,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def insert(self, v: "VcpuState", stolen: bool = False) -> None:
         now = self.ctx.now
         self._acc(now)
+        self._held_moved = True
         pc = self.pc
         me = self.me
         if isinstance(v.sched, Credit2Unit):
@@ -199,6 +200,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
 
     def remove(self, v: "VcpuState") -> None:
         self._acc(self.ctx.now)
+        self._held_moved = True
         u = v.sched
         if not isinstance(u, Credit2Unit):
             return
@@ -217,6 +219,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
 
     def migrate(self, v: "VcpuState", new_pcpu: int) -> None:
         self._acc(self.ctx.now)
+        self._held_moved = True
         self._runq_remove(v)
         self._forget_parked(v)
 
@@ -485,7 +488,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
         ci = None
         if cur is not None and isinstance(cur.sched, Credit2Unit):
             _, soft = self._aff(cur)
-            ci = _new(Credit2Curr, (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or self.me in soft))
+            vid = cur.vid
+            credit = self._credit_at(cur, now)
+            weight = self._weight(cur)
+            entry = cur.state_entry_ns
+            soft_ok = (not soft) or self.me in soft
+            ci = self._ci  # the last one again while it holds (same instant, nothing ran)
+            if ci is None or ci.vid != vid or ci.credit != credit or ci.weight != weight or ci.entry_ns != entry or ci.soft_ok != soft_ok:
+                ci = self._ci = _new(Credit2Curr, (vid, credit, weight, entry, soft_ok))
         if self._dirty:
             self._dirty = False
             self._refresh_parts()
@@ -514,13 +524,9 @@ class Credit2Scheduler(Credit2PcpuBudget):
             self._queued = tuple(entries)
         vcpus = self.held
         held = self._held_vids
-        ok = len(held) == len(vcpus)
-        if ok:
-            for vid in held:
-                if vid not in vcpus:
-                    ok = False
-                    break
-        if not ok:
+        if self._held_moved or len(held) != len(vcpus):
+            # the engine changes its vCPU table only around insert, remove and migrate
+            self._held_moved = False
             held = self._held_vids = tuple(sorted(vcpus))
         # per-unit loads matter with several runqueues; demand for budget with caps
         every = len(self.rqs) > 1

@@ -275,8 +275,13 @@ class Credit2Pool(Credit2Balancer):
             e = waits.get(vid)
             if e is None or e.q is not q or e.holder != holder:
                 hard = self._hard(vid)
-                w = _new(Credit2Waiting, (q.credit, vid, holder, q.tickled, q.processor, tuple(sorted(hard)) if hard != pool else ()))
-                e = waits[vid] = _Wait(q, holder, w)
+                w = _new(Credit2Waiting, (q.credit, vid, holder, q.tickled, q.processor, () if hard is pool or hard == pool else tuple(sorted(hard))))
+                if e is None:
+                    e = waits[vid] = _Wait(q, holder, w)
+                else:
+                    e.q = q
+                    e.holder = holder
+                    e.w = w
             waiting.append(e.w)
         r = self._ranked[rid] = _RankedRq(parts, ranked, waiting)
         return r
@@ -312,7 +317,8 @@ class Credit2Pool(Credit2Balancer):
 
         # (1) vCPUs tickled for another pCPU go there, if the tickle still holds with what
         # that pCPU runs now (runq_tickle decided from the last view; Xen from the truth)
-        for rqid in sorted(parts):
+        for r in self.rqs:  # by id
+            rqid = r.id
             for holder, qs in parts[rqid]:
                 for q in qs:
                     tickled = q.tickled
@@ -413,7 +419,10 @@ class Credit2Pool(Credit2Balancer):
             if got is not None and got[0] is s:
                 cv = got[1]
             else:
-                cv = _new(Credit2CpuView, (ci.vid, ci.credit, ci.weight, ci.entry_ns, bool(ci.soft_ok), s.now))
+                # fields copied as the objects they are (typed, they would be unboxed and boxed anew)
+                cf: tuple[Any, ...] = ci
+                sf: tuple[Any, ...] = s
+                cv = _new(Credit2CpuView, (cf[0], cf[1], cf[2], cf[3], bool(ci.soft_ok), sf[0]))
                 cache[c] = (s, cv)
             cpu[c] = cv
         q: dict[int, tuple[Credit2Waiting, ...]] = {}

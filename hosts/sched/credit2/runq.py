@@ -26,7 +26,7 @@ from hosts.sched.affinity import Masks
 from hosts.sched.base import PcpuScheduler, SchedContext
 from hosts.sched.credit2.params import CARRYOVER_MAX, CREDIT_INIT, CREDIT_MIN, DEFAULT_WEIGHT, F_PINNED, GEN_HISTORY, LOADAVG_GRANULARITY_SHIFT, RING, Credit2Params
 from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at
-from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View, PoolView
+from hosts.sched.messages import Credit2Curr, Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View, PoolView
 from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
 
 INT_MIN: Final = -(1 << 31)
@@ -70,6 +70,8 @@ class Credit2Slice(PcpuScheduler):
         self._cached: _Cached = ((), 1, ())
         self._queued: tuple[Credit2Queued, ...] = ()  # the last summary's queue and held vids
         self._held_vids: tuple[int, ...] = ()
+        self._held_moved = True  # a vCPU came or went since _held_vids
+        self._ci: Credit2Curr | None = None  # the last summary's current vCPU
         # read once: the engine's attributes are reached through a protocol (slow reads); it
         # mutates these objects, never replaces them
         self.me = ctx.pcpu
