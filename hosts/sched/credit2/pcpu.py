@@ -96,7 +96,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         me = self.me
         u: Credit2Unit = v.sched
         pc = self.pc
-        if ctx.tracing:  # {unit:16, dom:16}, processor, credit
+        if self.tracing:  # {unit:16, dom:16}, processor, credit
             ctx.trace(TRC_CSCHED2_TICKLE_NEW, ctx.trace_id(v), u.processor, u.credit)
         hard, soft = self._aff(v)
         # the runqueue's untickled pCPUs in id order, idle (Xen's rqd->idle: the others as of
@@ -121,7 +121,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             for step in (0, 1):
                 if step == 0 and not use_soft:
                     continue
-                mask = balance_mask(step, hard, soft) & self.pool
+                mask = balance_mask(step, hard, soft)  # within the pool: _aff cuts hard to it
                 cands = [c for c in idle if c in mask]  # no SMT: every idle, untickled pCPU is a fully idle core
                 if cands:
                     ipid = me if me in cands else cycle(me, cands)
@@ -144,14 +144,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if ipid < 0:
             self._ring()  # it waits: the pool may know of an idle pCPU the view does not show
             return
-        if ctx.tracing:  # {cpu:16, pad:16}
+        if self.tracing:  # {cpu:16, pad:16}
             ctx.trace(TRC_CSCHED2_TICKLE, ipid)
         pc.tickled.add(ipid)
         u.tickled_cpu = ipid
         if ipid == me:
             self._kick()
         else:
-            ctx.tickle(ipid)
+            self._tickle_cpu(ipid)
             self._ring()
 
     # --- ops table -------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if u.rq != pc.rq:
             u.rq = pc.rq  # _runq_assign: a new runqueue, its own reset numbers
             u.gen = pc.gen
-            if self.ctx.tracing:  # {unit:16, dom:16}, {rqi:16}
+            if self.tracing:  # {unit:16, dom:16}, {rqi:16}
                 self.ctx.trace(TRC_CSCHED2_RUNQ_ASSIGN, self.ctx.trace_id(v), pc.rq)
         elif u.gen < pc.gen:
             self._catch_up(u, pc.gen)
@@ -285,7 +285,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             if commit:
                 u.migrate_cpu = -1
                 u.flags &= ~F_MIGRATE_REQ
-            if self.ctx.tracing:  # the migrate-request path: no runqueue looked at (rq -1, load STIME_MAX)
+            if self.tracing:  # the migrate-request path: no runqueue looked at (rq -1, load STIME_MAX)
                 self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi((1 << 63) - 1), self.ctx.trace_id(v), 0xFFFF | cpu << 16)
             return cpu
         rqv = self._view().rq
@@ -295,7 +295,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         i, mask = res_pick(hard, soft, self.pool, self.rq_sets, loads)
         cpu = cycle(self.pc.pick_bias.get(i, self.rqs[i][0]), mask)
         self.pc.pick_bias[i] = cpu
-        if self.ctx.tracing:  # b_avgload (the hard-affinity minimum), {unit:16, dom:16}, {rq_id:16, new_cpu:16}
+        if self.tracing:  # b_avgload (the hard-affinity minimum), {unit:16, dom:16}, {rq_id:16, new_cpu:16}
             low = min(load for j, load in enumerate(loads) if hard & self.rq_sets[j])
             self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi(low), self.ctx.trace_id(v), i | cpu << 16)
         return cpu
@@ -317,7 +317,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             su.flags &= ~F_YIELD
             runnable = scurr.runnable() and not su.flags & F_PARK_PENDING
             if not yield_ and not bypass and self.ratelimit and runnable and now - scurr.state_entry_ns < self.ratelimit:
-                if self.ctx.tracing:  # {unit:16, dom:16}, runtime
+                if self.tracing:  # {unit:16, dom:16}, runtime
                     self.ctx.trace(TRC_CSCHED2_RATELIMIT, self.ctx.trace_id(scurr), now - scurr.state_entry_ns)
                 return scurr, False
             soft_aff_preempt = False
@@ -331,7 +331,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext = scurr
                 snext_credit = su.credit
         local = None
-        for v in list(pc.runq):
+        for v in pc.runq:  # left at the first vCPU _grab is tried on (it may park one)
             u: Credit2Unit = v.sched
             if not v.runnable():
                 continue
@@ -344,7 +344,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext = v
             break
         pull = self._remote_first(view, local, snext_credit, yield_)
-        if self.ctx.tracing:  # {unit:16, dom:16}, tickled_cpu, credit (the idle unit: -1, IDLE_CREDIT)
+        if self.tracing:  # {unit:16, dom:16}, tickled_cpu, credit (the idle unit: -1, IDLE_CREDIT)
             if snext is None:
                 self.ctx.trace(TRC_CSCHED2_RUNQ_CANDIDATE, self.ctx.trace_id(None), -1, IDLE_CREDIT)
             else:
@@ -406,7 +406,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         ctx = self.ctx
         pc = self.pc
         me = self.me
-        if ctx.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
+        if self.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
             idle = 1 if curr is None else 0
             ctx.trace(TRC_CSCHED2_SCHEDULE, me | pc.rq << 16, idle << 8 | idle << 16 | (1 << 24 if me in pc.tickled else 0))
         pc.tickled.discard(me)
@@ -500,7 +500,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             self._dirty = False
             self._refresh_parts()
         units, max_w, reserves = self._cached
-        load = self._load_now()
+        load = len(pc.runq) + (1 if cur is not None else 0)  # _load_now()
         area = pc.load_area + load * max(now - pc.load_last_t, 0)
         return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, self._queued, units, area, load, reserves, max_w, self._held_vids))
 

@@ -83,6 +83,8 @@ class Credit2Slice(PcpuScheduler):
         # the engine's methods called most, bound once (a call through the protocol looks them up)
         self._request_steal: Callable[[int], None] = ctx.request_steal
         self._raise_softirq: Callable[[], None] = ctx.raise_softirq
+        self._tickle_cpu: Callable[[int], None] = ctx.tickle
+        self.tracing = ctx.tracing  # fixed before the scheduler is made
 
     # --- helpers -------------------------------------------------------------------------
     def _view(self) -> Credit2View:
@@ -182,12 +184,14 @@ class Credit2Slice(PcpuScheduler):
         delta = now - u.start_time
         if delta > 0:
             val = delta * self.pc.max_weight + u.residual
-            q, u.residual = divmod(val, self._weight(v))
+            w = self._weight(v)
+            q = val // w
+            u.residual = val - q * w  # val % w
             u.credit = max(u.credit - q, CREDIT_MIN)
             if u.budget is not None:
                 u.budget -= delta
             u.start_time = now
-        if self.ctx.tracing:  # {unit:16, dom:16}, credit, budget (INT_MIN: no cap), delta
+        if self.tracing:  # {unit:16, dom:16}, credit, budget (INT_MIN: no cap), delta
             self.ctx.trace(TRC_CSCHED2_CREDIT_BURN, self.ctx.trace_id(v), u.credit, INT_MIN if u.budget is None else u.budget, delta)
 
     def _credit_at(self, v: "VcpuState", now: int) -> int:
@@ -215,7 +219,7 @@ class Credit2Slice(PcpuScheduler):
             i += 1
         runq.insert(i, v)
         u.on_runq = True
-        if self.ctx.tracing:  # {unit:16, dom:16}, pos
+        if self.tracing:  # {unit:16, dom:16}, pos
             self.ctx.trace(TRC_CSCHED2_RUNQ_POS, self.ctx.trace_id(v), i)
 
     def _runq_remove(self, v: "VcpuState") -> None:
@@ -266,7 +270,7 @@ class Credit2Slice(PcpuScheduler):
             start = u.credit
             self._catch_up(u, gen)
             u.start_time = now
-            if self.ctx.tracing:  # {unit:16, dom:16}, credit_start, credit_end
+            if self.tracing:  # {unit:16, dom:16}, credit_start, credit_end
                 self.ctx.trace(TRC_CSCHED2_CREDIT_RESET, self.ctx.trace_id(v), start, u.credit)
 
     def _catch_up(self, u: Credit2Unit, upto: int) -> None:
