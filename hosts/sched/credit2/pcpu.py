@@ -47,6 +47,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use
+_Credit2Curr: Final = Credit2Curr
+_Credit2Summary: Final = Credit2Summary
+_Credit2Queued: Final = Credit2Queued
+_Credit2Load: Final = Credit2Load
 
 
 class Credit2Scheduler(Credit2PcpuBudget):
@@ -495,14 +501,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
             soft_ok = (not soft) or self.me in soft
             ci = self._ci  # the last one again while it holds (same instant, nothing ran)
             if ci is None or ci.vid != vid or ci.credit != credit or ci.weight != weight or ci.entry_ns != entry or ci.soft_ok != soft_ok:
-                ci = self._ci = _new(Credit2Curr, (vid, credit, weight, entry, soft_ok))
+                ci = self._ci = _new(_Credit2Curr, (vid, credit, weight, entry, soft_ok))
         if self._dirty:
             self._dirty = False
             self._refresh_parts()
         units, max_w, reserves = self._cached
         load = len(pc.runq) + (1 if cur is not None else 0)  # _load_now()
         area = pc.load_area + load * max(now - pc.load_last_t, 0)
-        return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, self._queued, units, area, load, reserves, max_w, self._held_vids))
+        return _new(_Credit2Summary, (now, pc.rq, pc.gen, ci, self._queued, units, area, load, reserves, max_w, self._held_vids))
 
     def _refresh_parts(self) -> None:
         """The summary's parts after a hook ran. Each is reused while it holds: a unit's queue
@@ -516,7 +522,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u: Credit2Unit = v.sched
             e = u.queued
             if e is None or e.vid != v.vid or e.credit != u.credit or e.tickled != u.tickled_cpu or e.processor != u.processor:
-                e = u.queued = _new(Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor))
+                e = u.queued = _new(_Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor))
             if same and last_q[i] is not e:
                 same = False
             entries.append(e)
@@ -550,7 +556,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 if not isinstance(uu, Credit2Unit):
                     continue
                 if every or uu.budget is not None or uu.flags & F_PARKED:
-                    ul.append(_new(Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+                    ul.append(_new(_Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
             units = tuple(ul)
         reserves: tuple[Credit2Reserve, ...] = ()
         if pc.reserve:

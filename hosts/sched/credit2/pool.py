@@ -53,6 +53,15 @@ from hosts.vcpu import make_vid
 Out = dict[int, list[Instruction]]
 #: builds a NamedTuple without its Python-level __new__ (views and moves at every boundary)
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use
+_Credit2Waiting: Final = Credit2Waiting
+_Credit2CpuView: Final = Credit2CpuView
+_Credit2RqView: Final = Credit2RqView
+_Credit2View: Final = Credit2View
+_Give: Final = Give
+_Credit2Untickle: Final = Credit2Untickle
+_Credit2Pulled: Final = Credit2Pulled
 #: a vCPU waiting on a pCPU, as the boundary ranks it: (-credit, vid, position, holder, entry);
 #: sorted as plain tuples (credit order, ties by vid, then by position: a stable sort's order)
 Ranked = tuple[int, int, int, int, Credit2Queued]
@@ -275,7 +284,7 @@ class Credit2Pool(Credit2Balancer):
             e = waits.get(vid)
             if e is None or e.q is not q or e.holder != holder:
                 hard = self._hard(vid)
-                w = _new(Credit2Waiting, (q.credit, vid, holder, q.tickled, q.processor, () if hard is pool or hard == pool else tuple(sorted(hard))))
+                w = _new(_Credit2Waiting, (q.credit, vid, holder, q.tickled, q.processor, () if hard is pool or hard == pool else tuple(sorted(hard))))
                 if e is None:
                     e = waits[vid] = _Wait(q, holder, w)
                 else:
@@ -298,7 +307,7 @@ class Credit2Pool(Credit2Balancer):
 
     def _give(self, vid: int, holder: int, to: int, why: str, out: Out, moved: set[int], busy_target: set[int]) -> None:
         self.moves[why] += 1
-        out.setdefault(holder, []).append(_new(Give, (vid, to)))
+        out.setdefault(holder, []).append(_new(_Give, (vid, to)))
         self.inflight[vid] = to
         moved.add(vid)
         busy_target.add(to)
@@ -338,7 +347,7 @@ class Credit2Pool(Credit2Balancer):
                     if ok:
                         self._give(vid, holder, tickled, "tickled", out, moved, busy_target)
                     else:
-                        out.setdefault(holder, []).append(_new(Credit2Untickle, (vid,)))
+                        out.setdefault(holder, []).append(_new(_Credit2Untickle, (vid,)))
         # (2) idle pCPUs take the best vCPU waiting elsewhere in their runqueue
         for c in self.cpus:
             s = S.get(c)
@@ -373,7 +382,7 @@ class Credit2Pool(Credit2Balancer):
             got = self._best_waiting(c, rk.ranked, moved, cc, head)
             if got is not None:
                 self._give(got[0], got[1], c, "pull", out, moved, busy_target)
-                out.setdefault(c, []).append(_new(Credit2Pulled, (got[0],)))
+                out.setdefault(c, []).append(_new(_Credit2Pulled, (got[0],)))
         for rid in parts:
             if rid not in ranks:
                 ranks[rid] = self._rank(rid, parts[rid])
@@ -404,7 +413,7 @@ class Credit2Pool(Credit2Balancer):
         for r in self.rqs:
             e = v.rq.get(r.id)
             if e is None or e.gen != r.gen or e.max_weight != r.max_weight or e.load != r.b_avgload or e.pick_bias != r.pick_bias or e.gen_amount != r.gen_amount:
-                e = _new(Credit2RqView, (r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount))
+                e = _new(_Credit2RqView, (r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount))
             rq[r.id] = e
         cpu: dict[int, Credit2CpuView] = {}
         cache = self._cpu_view
@@ -422,7 +431,7 @@ class Credit2Pool(Credit2Balancer):
                 # fields copied as the objects they are (typed, they would be unboxed and boxed anew)
                 cf: tuple[Any, ...] = ci
                 sf: tuple[Any, ...] = s
-                cv = _new(Credit2CpuView, (cf[0], cf[1], cf[2], cf[3], bool(ci.soft_ok), sf[0]))
+                cv = _new(_Credit2CpuView, (cf[0], cf[1], cf[2], cf[3], bool(ci.soft_ok), sf[0]))
                 cache[c] = (s, cv)
             cpu[c] = cv
         q: dict[int, tuple[Credit2Waiting, ...]] = {}
@@ -439,7 +448,7 @@ class Credit2Pool(Credit2Balancer):
                 q[rid] = tuple(ent)
         if (rq, cpu, q) != (v.rq, v.cpu, v.q):
             self.seq += 1
-            self.view = _new(Credit2View, (self.seq, rq, cpu, q))
+            self.view = _new(_Credit2View, (self.seq, rq, cpu, q))
 
     def dump(self) -> dict[str, Any]:
         return {
