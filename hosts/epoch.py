@@ -76,6 +76,23 @@ from hosts.sched.messages import Give, StealRequest
 from hosts.vcpu import vid_dom
 
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use (every message of every exchange)
+_EvtOut: Final = EvtOut
+_Evt: Final = Evt
+_XferOut: Final = XferOut
+_Xfer: Final = Xfer
+_StealReq: Final = StealReq
+_StealRequest: Final = StealRequest
+_PoolOut: Final = PoolOut
+_TickleOut: Final = TickleOut
+_Give: Final = Give
+_PoolInstr: Final = PoolInstr
+_View: Final = View
+_Exported: Final = Exported
+_UsageOut: Final = UsageOut
+_Probed: Final = Probed
+_Run: Final = Run
 
 MAX_REFILL: Final = 1 << 16  # frames given to one pCPU's allocation cache per boundary
 
@@ -85,12 +102,14 @@ _TICKLE: Final = Tickle()  # it carries nothing: one is enough
 def _not_only_views(items: list[InboxItem]) -> bool:
     """Whether ``items`` hold anything but pool views (which wake nothing)."""
     for it in items:
-        if type(it) is not View:
+        if type(it) is not _View:
             return True
     return False
 
 
-#: a message as routed: (emission time, source pCPU, index in its outbox, message)
+#: a message as routed: (emission time, source pCPU, sequence, message); the sequence grows
+#: with every message the master takes in, so (time, pCPU, sequence) is unique and orders
+#: a pCPU's messages as it emitted them, earlier exchanges first
 Routed = tuple[int, int, int, Any]
 #: a ``RunReply``'s fields (the inline backend's pCPUs answer with the plain tuple)
 Replied = tuple[list[Any], Any, int, int]
@@ -201,6 +220,7 @@ class EpochEngine:
         self.curr_vid: dict[int, int] = {c: -1 for c in self.cpus}
         self.horizons: dict[int, int] = {c: start_ns for c in self.cpus}
         self.held: list[Routed] = []  # messages emitted between boundaries by command rounds
+        self.msg_seq = 0
         self.sent_view: dict[int, tuple[tuple[int, ...], int, Any]] = {}  # pool -> its last view
         self.exported: dict[int, bytes | None] = {}
         self.host_events: list[tuple[int, str, int, int]] = []  # (time, kind, uid, reason)
@@ -283,7 +303,7 @@ class EpochEngine:
             if cores is not None:
                 replies[c] = cores[c].run(box, now, until)
             else:
-                cmds[c] = _new(Run, (box, now, until))  # Run(...), without its Python __new__
+                cmds[c] = _new(_Run, (box, now, until))  # Run(...), without its Python __new__
         if cores is not None:
             return replies
         return self.ports.exchange(cmds) if cmds else {}
@@ -299,6 +319,7 @@ class EpochEngine:
         alone). A horizon may only move earlier, which a pause cannot cause. Only ``curr_vid``
         (the toolstack's view of who runs) is refreshed."""
         msgs: list[Routed] = []
+        seq = self.msg_seq
         for c, (out, summary, horizon, curr) in replies.items():
             self.curr_vid[c] = curr
             if learn:
@@ -307,18 +328,20 @@ class EpochEngine:
                 self.idle[c] = curr < 0
             elif horizon < self.horizons[c]:
                 self.horizons[c] = horizon
-            for j, m in enumerate(out):
-                if type(m) is Exported:
+            for m in out:
+                if type(m) is _Exported:
                     self.exported[m.vid] = m.record
                     if m.record is not None:
                         self.directory.pop(m.vid, None)
-                elif type(m) is UsageOut:
+                elif type(m) is _UsageOut:
                     self.usage_answers.append(m)
-                elif type(m) is Probed:
+                elif type(m) is _Probed:
                     self.probed["running_ns"] = self.probed.get("running_ns", 0) + m.running_ns
                     self.probed["logdirty_ns"] = self.probed.get("logdirty_ns", 0) + m.logdirty_ns
                 else:
-                    msgs.append((m.t, c, j, m))
+                    msgs.append((m.t, c, seq, m))
+                    seq += 1
+        self.msg_seq = seq
         if hold:
             self.held.extend(msgs)
             return []
@@ -326,7 +349,7 @@ class EpochEngine:
             msgs = self.held + msgs
             self.held = []
         if len(msgs) > 1:
-            msgs.sort(key=lambda x: (x[0], x[1], x[2]))
+            msgs.sort()  # by (time, pCPU, sequence): unique, the message itself is never compared
         return msgs
 
     def _boundary(self, replies: dict[int, Replied]) -> None:
@@ -373,21 +396,21 @@ class EpochEngine:
         told: set[int] = set()  # pools that received messages this round
         directory = self.directory
         for t, src, _j, m in msgs:
-            if type(m) is EvtOut:
+            if type(m) is _EvtOut:
                 c = directory.get(m.vid)
                 if c is not None:
-                    others.setdefault(c, []).append(_new(Evt, (m.vid, m.port, m.payload)))
-            elif type(m) is XferOut:
+                    others.setdefault(c, []).append(_new(_Evt, (m.vid, m.port, m.payload)))
+            elif type(m) is _XferOut:
                 if vid_dom(m.vid) in self.domains:  # else destroyed meanwhile: the pCPU drops it
                     directory[m.vid] = m.to_pcpu
-                xfers.setdefault(m.to_pcpu, []).append(_new(Xfer, (m.vcpu, m.how, False)))
-            elif type(m) is StealReq:
-                steal_reqs.setdefault(self.pool_of[src], []).append(_new(StealRequest, (t, src, m.pri)))
-            elif type(m) is PoolOut:
+                xfers.setdefault(m.to_pcpu, []).append(_new(_Xfer, (m.vcpu, m.how, False)))
+            elif type(m) is _StealReq:
+                steal_reqs.setdefault(self.pool_of[src], []).append(_new(_StealRequest, (t, src, m.pri)))
+            elif type(m) is _PoolOut:
                 pid = self.pool_of[src]
                 self.pools[pid].on_msg(src, m.payload)
                 told.add(pid)
-            elif type(m) is TickleOut:
+            elif type(m) is _TickleOut:
                 others.setdefault(m.cpu, []).append(_TICKLE)
             elif type(m) is EvtchnBound:
                 dom = self.domains.get(m.uid)
@@ -410,10 +433,10 @@ class EpochEngine:
             instr = ps.boundary(self.now, {c: summaries[c] for c in ps.cpus}, list(reqs), first_round)
             for c, items in instr.items():
                 for it in items:
-                    if type(it) is Give:
+                    if type(it) is _Give:
                         gives.setdefault(c, []).append(it)
                     else:
-                        pool_items.setdefault(c, []).append(_new(PoolInstr, (it,)))
+                        pool_items.setdefault(c, []).append(_new(_PoolInstr, (it,)))
         inbox: dict[int, list[InboxItem]] = {}
         for part in (gives, xfers, others, pool_items):  # in this order for each pCPU
             for c, its in part.items():
@@ -440,10 +463,10 @@ class EpochEngine:
             if self.sent_view.get(pid) == key:
                 continue  # every pCPU of the pool has this view already
             self.sent_view[pid] = key
-            v = _new(View, key)
+            v = _new(_View, key)
             for c in ps.cpus:
                 pend = self.pending.setdefault(c, [])
-                if pend and type(pend[-1]) is View:
+                if pend and type(pend[-1]) is _View:
                     pend[-1] = v  # back-to-back views: only the last one matters (a pCPU left out gathers many)
                 else:
                     pend.append(v)
@@ -476,7 +499,7 @@ class EpochEngine:
         msgs = self._absorb({}, hold=False)
         inbox: dict[int, list[InboxItem]] = {c: [] for c in self.cpus}
         for _t, _src, _j, m in msgs:
-            if type(m) is XferOut:
+            if type(m) is _XferOut:
                 self.directory[m.vid] = m.to_pcpu
                 inbox[m.to_pcpu].append(Xfer(m.vcpu, m.how, False))
         reports = self.ports.exchange({c: Finish(tuple(self._take_pending(c) + inbox[c]), self.now) for c in self.cpus})

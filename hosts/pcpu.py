@@ -77,6 +77,14 @@ from pydantic import BaseModel
 __all__ = ["PcpuCore", "InvariantError"]
 
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use (every message of every exchange)
+_View: Final = View
+_PoolInstr: Final = PoolInstr
+_Evt: Final = Evt
+_Xfer: Final = Xfer
+_Give: Final = Give
+_RunReply: Final = RunReply
 
 
 class PcpuCore(GuestCpu):
@@ -121,7 +129,7 @@ class PcpuCore(GuestCpu):
         if type(cmd) is Run:
             inbox, at, until = cmd
             # tuple.__new__ skips the NamedTuple's Python-level __new__: one reply per command
-            return _new(RunReply, self.run(inbox, at, until))
+            return _new(_RunReply, self.run(inbox, at, until))
         if type(cmd) is Finish:
             if cmd.end > self.now:
                 self.advance(cmd.end)
@@ -147,17 +155,17 @@ class PcpuCore(GuestCpu):
         table = INBOX
         for it in items:
             t = type(it)
-            if t is View:  # the two most frequent kinds are handled here, without a call
+            if t is _View:  # the two most frequent kinds are handled here, without a call
                 self.view.idlers = set(it.idlers)
                 self.view.epoch = it.epoch
                 self.view.extra = it.extra
-            elif t is PoolInstr:
+            elif t is _PoolInstr:
                 self.sched.apply_pool(it.instr)
-            elif t is Evt:  # and the next most frequent ones with a direct (native) call
+            elif t is _Evt:  # and the next most frequent ones with a direct (native) call
                 _on_evt(self, it)
-            elif t is Xfer:
+            elif t is _Xfer:
                 _on_xfer(self, it)
-            elif t is Give:
+            elif t is _Give:
                 _on_give(self, it)
             else:
                 h = table.get(t)

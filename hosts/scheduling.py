@@ -37,7 +37,7 @@ from hosts.loop import (
     InvariantError,
 )
 from hosts.messages import XFER_PUSH, EvtOut, OutMsg, PoolOut, StealReq, TickleOut, XferOut
-from hosts.sched.base import PcpuScheduler
+from hosts.sched.base import PcpuScheduler, UnitRecord
 from hosts.sched.messages import PoolView
 from hosts.tracelog import (
     DOMID_IDLE,
@@ -64,6 +64,13 @@ from hosts.vcpu import (
 
 #: builds a NamedTuple without its Python-level __new__ (messages are built at every step)
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use (every message of every exchange)
+_TickleOut: Final = TickleOut
+_PoolOut: Final = PoolOut
+_StealReq: Final = StealReq
+_XferOut: Final = XferOut
+_EvtOut: Final = EvtOut
 
 SOFTIRQ_LOOP_MAX: Final = 1000  # a scheduler that keeps re-raising at one instant is livelocked
 VIRQ_TIMER: Final = -1  # ports below zero are virtual IRQs of one vCPU
@@ -101,13 +108,13 @@ class SchedulingCpu(EventLoop):
         if cpu == self.pcpu:
             self.raise_softirq()
         else:
-            self.outbox.append(_new(TickleOut, (self.now, cpu)))
+            self.outbox.append(_new(_TickleOut, (self.now, cpu)))
 
     def pool_msg(self, payload: Any) -> None:
-        self.outbox.append(_new(PoolOut, (self.now, payload)))
+        self.outbox.append(_new(_PoolOut, (self.now, payload)))
 
     def request_steal(self, pri: int) -> None:
-        self.outbox.append(_new(StealReq, (self.now, pri)))
+        self.outbox.append(_new(_StealReq, (self.now, pri)))
 
     def park(self, v: VcpuState) -> None:
         self._pause_vcpu(v)
@@ -346,8 +353,12 @@ class SchedulingCpu(EventLoop):
 
     def _send_vcpu(self, v: VcpuState, to_pcpu: int, how: int) -> None:
         self._forget(v.vid)
-        v.sched = self.sched.udata_to_wire(v.sched)
-        self.outbox.append(_new(XferOut, (self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how)))
+        u = v.sched
+        if not self.wire and self.sched.keeps_record and isinstance(u, UnitRecord) and type(u) is self.sched.unit_type:
+            u.restored()  # the record itself is handed over with the vCPU object
+        else:
+            v.sched = self.sched.udata_to_wire(u)
+        self.outbox.append(_new(_XferOut, (self.now, v.vid, to_pcpu, pack_vcpu(v, with_sched=True) if self.wire else v, how)))
 
     def _forget(self, vid: int) -> None:
         """A vCPU leaves this pCPU's books (the guest layer drops its workload too)."""
@@ -378,7 +389,7 @@ class SchedulingCpu(EventLoop):
         if v is not None:
             self.mark_pending(v, port, payload)
         else:
-            self.outbox.append(_new(EvtOut, (self.now, vid, port, payload)))
+            self.outbox.append(_new(_EvtOut, (self.now, vid, port, payload)))
 
     def unblock(self, v: VcpuState) -> None:
         """vcpu_unblock: clear VPF_blocked and any poll state, then vcpu_wake."""

@@ -143,6 +143,11 @@ class PcpuScheduler:
     #: ``summary`` changes only when the scheduler is called, never with time alone: then the
     #: master may leave this pCPU out of a round in which its events would all be no-ops
     timeless_summary: ClassVar[bool] = False
+    #: a vCPU moving to another pCPU of the pool in the same process may keep its unit record
+    #: (``restored()`` called, as ``from_wire`` does) instead of going through its dict: the
+    #: scheduler keeps no reference to a record it let go, and what is not in ``FIELDS`` is a
+    #: cache that checks itself
+    keeps_record: ClassVar[bool] = False
     REQUIRED: ClassVar[tuple[str, ...]] = ("insert", "remove", "do_schedule", "pick_pcpu")
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "wake",

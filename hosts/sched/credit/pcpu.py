@@ -39,6 +39,7 @@ class CreditScheduler(PcpuScheduler):
     name = "credit"
     unit_type = CreditVcpu
     timeless_summary = True
+    keeps_record = True  # the runqueue and the affinity cache let go of a vCPU that leaves
     params: CreditParams
 
     def __init__(self, ctx: SchedContext, params: CreditParams) -> None:

@@ -43,7 +43,7 @@ class Credit2PcpuBudget(Credit2Slice):
     """The budget part of the per-pCPU half."""
 
     def _quota(self, uid: int) -> int:
-        d = self.ctx.domains.get(uid)
+        d = self.doms.get(uid)
         if d is None or not d.cap:
             return MIN_TIMER
         tot = self.period * d.cap // 100
@@ -99,7 +99,7 @@ class Credit2PcpuBudget(Credit2Slice):
         """unpark_parked_units for the domain's vCPUs parked here."""
         vids = self.pc.parked.pop(uid, [])
         for vid in vids:
-            v = self.ctx.vcpus.get(vid)
+            v = self.held.get(vid)
             if v is None or not v.sched.flags & F_PARKED:
                 continue
             v.sched.flags &= ~F_PARKED

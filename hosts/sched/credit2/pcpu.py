@@ -27,7 +27,7 @@ from hosts.sched.base import Decision, unknown
 from hosts.sched.credit2.caps import Credit2PcpuBudget
 from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_RESET, F_DELAYED, F_MIGRATE_REQ, F_PARK_PENDING, F_PARKED, F_PINNED, F_SCHEDULED, F_YIELD, IDLE_CREDIT
 from hosts.sched.credit2.params import LOADAVG_GRANULARITY_SHIFT, MAX_TIMER, MIGRATE_COMPENSATION, MIN_TIMER, PULL
-from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick
+from hosts.sched.credit2.records import Credit2Unit, extrapolate, is_preemptable, may_take, res_pick, unit
 from hosts.sched.messages import Credit2BudgetSet, Credit2CapOff, Credit2CapOn, Credit2Curr, Credit2Load, Credit2Pulled, Credit2Queued
 from hosts.sched.messages import Credit2Reserve, Credit2Reset, Credit2RqMigrate, Credit2Summary, Credit2Untickle, Credit2View, Instruction
 from hosts.tracelog import (
@@ -47,6 +47,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: builds a NamedTuple without its Python-level __new__ (summaries are built at every step)
 _new: Final = tuple.__new__
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use
+_Credit2Curr: Final = Credit2Curr
+_Credit2Summary: Final = Credit2Summary
+_Credit2Queued: Final = Credit2Queued
+_Credit2Load: Final = Credit2Load
 
 
 class Credit2Scheduler(Credit2PcpuBudget):
@@ -55,33 +61,34 @@ class Credit2Scheduler(Credit2PcpuBudget):
     name = "credit2"
 
     # --- tickling ------------------------------------------------------------------------------
-    def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool] | None:
-        """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu, None if idle."""
-        if cpu == self.ctx.pcpu:
+    def _cur_info(self, cpu: int, now: int) -> tuple[int, bool, bool]:
+        """(credit, soft_has_cpu, preemptable) of the vCPU running on cpu; an idle pCPU is
+        not preemptable (a plain tuple: mypyc returns it unboxed)."""
+        if cpu == self.me:
             cur = self.ctx.curr
             if cur is None:
-                return None
+                return (0, True, False)
             self._burn(cur, now)
-            _, soft = self.affinity(cur)
-            return (cur.sched.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
+            cu: Credit2Unit = cur.sched
+            _, soft = self._aff(cur)
+            return (cu.credit, (not soft) or cpu in soft, is_preemptable(cur.state_entry_ns, now, self.ratelimit))
         info = self._view().cpu.get(cpu)
         if info is None:
-            return None
+            return (0, True, False)
         credit = extrapolate(self._remote_bonus(info.credit), now - info.ts, self.pc.max_weight, info.weight)
         return (credit, info.soft_ok, is_preemptable(info.entry_ns, now, self.ratelimit))
 
     def _score(self, v: "VcpuState", cpu: int, now: int) -> int:
         """tickle_score."""
-        info = self._cur_info(cpu, now)
-        if info is None or not info[2]:
+        credit, cur_soft_ok, preemptable = self._cur_info(cpu, now)
+        if not preemptable:
             return -1
-        credit, cur_soft_ok, _ = info
         u: Credit2Unit = v.sched
         score = u.credit - credit
         if cpu != u.processor:
             score -= self.resist
         if score > 0:
-            _, soft = self.affinity(v)
+            _, soft = self._aff(v)
             if not soft or cpu in soft:
                 score += CREDIT_INIT
             if not cur_soft_ok:
@@ -92,14 +99,26 @@ class Credit2Scheduler(Credit2PcpuBudget):
         """runq_tickle for v just queued here (this pCPU is its processor)."""
         self._fresh_view()
         ctx = self.ctx
-        me = ctx.pcpu
+        me = self.me
         u: Credit2Unit = v.sched
         pc = self.pc
-        if ctx.tracing:  # {unit:16, dom:16}, processor, credit
+        if self.tracing:  # {unit:16, dom:16}, processor, credit
             ctx.trace(TRC_CSCHED2_TICKLE_NEW, ctx.trace_id(v), u.processor, u.credit)
-        hard, soft = self.affinity(v)
-        idlers = self._idlers()
-        idle = (idlers & self.rq_cpus) - pc.tickled
+        hard, soft = self._aff(v)
+        # the runqueue's untickled pCPUs in id order, idle (Xen's rqd->idle: the others as of
+        # the last view, this one as it is now) or busy
+        me_idle = ctx.curr is None
+        view_idle = self.pview.idlers
+        tickled = pc.tickled
+        idle: list[int] = []
+        busy_all: list[int] = []
+        for c in self.rq_list:
+            if c in tickled:
+                continue
+            if (me_idle if c == me else c in view_idle):
+                idle.append(c)
+            else:
+                busy_all.append(c)
         ipid = -1
         if u.flags & F_PINNED and me in idle:
             ipid = me
@@ -108,13 +127,13 @@ class Credit2Scheduler(Credit2PcpuBudget):
             for step in (0, 1):
                 if step == 0 and not use_soft:
                     continue
-                mask = balance_mask(step, hard, soft) & self.pool
-                cands = idle & mask  # no SMT: every idle, untickled pCPU is a fully idle core
+                mask = balance_mask(step, hard, soft)  # within the pool: _aff cuts hard to it
+                cands = [c for c in idle if c in mask]  # no SMT: every idle, untickled pCPU is a fully idle core
                 if cands:
                     ipid = me if me in cands else cycle(me, cands)
                     break
             if ipid < 0:
-                busy = sorted((self.rq_cpus - idlers - pc.tickled) & hard)
+                busy = [c for c in busy_all if c in hard]
                 best = 0
                 if me in busy:
                     s = self._score(v, me, now)
@@ -131,22 +150,23 @@ class Credit2Scheduler(Credit2PcpuBudget):
         if ipid < 0:
             self._ring()  # it waits: the pool may know of an idle pCPU the view does not show
             return
-        if ctx.tracing:  # {cpu:16, pad:16}
+        if self.tracing:  # {cpu:16, pad:16}
             ctx.trace(TRC_CSCHED2_TICKLE, ipid)
         pc.tickled.add(ipid)
         u.tickled_cpu = ipid
         if ipid == me:
             self._kick()
         else:
-            ctx.tickle(ipid)
+            self._tickle_cpu(ipid)
             self._ring()
 
     # --- ops table -------------------------------------------------------------------------------
     def insert(self, v: "VcpuState", stolen: bool = False) -> None:
         now = self.ctx.now
         self._acc(now)
+        self._held_moved = True
         pc = self.pc
-        me = self.ctx.pcpu
+        me = self.me
         if isinstance(v.sched, Credit2Unit):
             u = v.sched
         elif v.sched:
@@ -158,14 +178,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u.processor = me
             u.rq = pc.rq
             u.gen = pc.gen
-            d = self.ctx.domains.get(v.dom)
+            d = self.doms.get(v.dom)
             u.budget = 0 if d is not None and d.cap else None
         u.on_runq = False
         u.flags &= ~(F_SCHEDULED | F_DELAYED | F_PARK_PENDING)
         if u.rq != pc.rq:
             u.rq = pc.rq  # _runq_assign: a new runqueue, its own reset numbers
             u.gen = pc.gen
-            if self.ctx.tracing:  # {unit:16, dom:16}, {rqi:16}
+            if self.tracing:  # {unit:16, dom:16}, {rqi:16}
                 self.ctx.trace(TRC_CSCHED2_RUNQ_ASSIGN, self.ctx.trace_id(v), pc.rq)
         elif u.gen < pc.gen:
             self._catch_up(u, pc.gen)
@@ -174,17 +194,19 @@ class Credit2Scheduler(Credit2PcpuBudget):
         self._set_pinned(v)
         if u.flags & F_PARKED:
             pc.parked.setdefault(v.dom, []).append(v.vid)
-        if self._weight(v) > pc.max_weight:
-            pc.max_weight = self._weight(v)  # update_max_weight
+        w = self._weight(v)
+        if w > pc.max_weight:
+            pc.max_weight = w  # update_max_weight
         if stolen:
             self._runq_insert(v)
             if v.vid in pc.pull_expect:
                 pc.pull_expect.discard(v.vid)
                 pc.pull_bypass = True
-            self.ctx.raise_softirq()
+            self._raise_softirq()
 
     def remove(self, v: "VcpuState") -> None:
         self._acc(self.ctx.now)
+        self._held_moved = True
         u = v.sched
         if not isinstance(u, Credit2Unit):
             return
@@ -203,6 +225,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
 
     def migrate(self, v: "VcpuState", new_pcpu: int) -> None:
         self._acc(self.ctx.now)
+        self._held_moved = True
         self._runq_remove(v)
         self._forget_parked(v)
 
@@ -225,7 +248,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         self._acc(now)
         u: Credit2Unit = v.sched
         if self.ctx.curr is v:
-            self.ctx.raise_softirq()
+            self._raise_softirq()
         elif u.on_runq:
             self._svc_load(u, -1, now, False)
             self._runq_remove(v)
@@ -233,7 +256,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
             u.flags &= ~F_DELAYED
 
     def yield_(self, v: "VcpuState") -> None:
-        v.sched.flags |= F_YIELD
+        u: Credit2Unit = v.sched
+        u.flags |= F_YIELD
 
     def adjust_affinity(self, v: "VcpuState") -> None:
         self._set_pinned(v)
@@ -261,13 +285,13 @@ class Credit2Scheduler(Credit2PcpuBudget):
         """csched2_res_pick: the least loaded runqueue of the (soft, then hard) affinity, then
         the next pCPU after the runqueue's pick bias."""
         u: Credit2Unit = v.sched
-        hard, soft = self.affinity(v)
+        hard, soft = self._aff(v)
         if u.migrate_cpu >= 0 and u.migrate_cpu in hard:
             cpu = u.migrate_cpu
             if commit:
                 u.migrate_cpu = -1
                 u.flags &= ~F_MIGRATE_REQ
-            if self.ctx.tracing:  # the migrate-request path: no runqueue looked at (rq -1, load STIME_MAX)
+            if self.tracing:  # the migrate-request path: no runqueue looked at (rq -1, load STIME_MAX)
                 self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi((1 << 63) - 1), self.ctx.trace_id(v), 0xFFFF | cpu << 16)
             return cpu
         rqv = self._view().rq
@@ -277,7 +301,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
         i, mask = res_pick(hard, soft, self.pool, self.rq_sets, loads)
         cpu = cycle(self.pc.pick_bias.get(i, self.rqs[i][0]), mask)
         self.pc.pick_bias[i] = cpu
-        if self.ctx.tracing:  # b_avgload (the hard-affinity minimum), {unit:16, dom:16}, {rq_id:16, new_cpu:16}
+        if self.tracing:  # b_avgload (the hard-affinity minimum), {unit:16, dom:16}, {rq_id:16, new_cpu:16}
             low = min(load for j, load in enumerate(loads) if hard & self.rq_sets[j])
             self.ctx.trace(TRC_CSCHED2_PICKED_CPU, *lo_hi(low), self.ctx.trace_id(v), i | cpu << 16)
         return cpu
@@ -286,7 +310,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
     def _candidate(self, scurr: "VcpuState | None", now: int, view: Credit2View) -> tuple["VcpuState | None", bool]:
         """runq_candidate over this pCPU's slice; returns (snext, pull) where pull says a vCPU
         waiting on another pCPU would have come first in the shared runqueue."""
-        me = self.ctx.pcpu
+        me = self.me
         pc = self.pc
         yield_ = False
         bypass = pc.pull_bypass
@@ -299,11 +323,11 @@ class Credit2Scheduler(Credit2PcpuBudget):
             su.flags &= ~F_YIELD
             runnable = scurr.runnable() and not su.flags & F_PARK_PENDING
             if not yield_ and not bypass and self.ratelimit and runnable and now - scurr.state_entry_ns < self.ratelimit:
-                if self.ctx.tracing:  # {unit:16, dom:16}, runtime
+                if self.tracing:  # {unit:16, dom:16}, runtime
                     self.ctx.trace(TRC_CSCHED2_RATELIMIT, self.ctx.trace_id(scurr), now - scurr.state_entry_ns)
                 return scurr, False
             soft_aff_preempt = False
-            hard, soft = self.affinity(scurr)
+            hard, soft = self._aff(scurr)
             if has_soft_affinity(hard, soft, self.pool):
                 sm = balance_mask(0, hard, soft)
                 if me not in sm:
@@ -313,11 +337,11 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext = scurr
                 snext_credit = su.credit
         local = None
-        for v in list(pc.runq):
+        for v in pc.runq:  # left at the first vCPU _grab is tried on (it may park one)
             u: Credit2Unit = v.sched
             if not v.runnable():
                 continue
-            if me not in self.affinity(v)[0]:
+            if me not in self._aff(v)[0]:
                 continue
             if not may_take(me, me, u.tickled_cpu, u.processor, u.credit, snext_credit, self.resist):
                 continue  # reserved for the pCPU tickled for it, or it resists migrating
@@ -326,7 +350,7 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 snext = v
             break
         pull = self._remote_first(view, local, snext_credit, yield_)
-        if self.ctx.tracing:  # {unit:16, dom:16}, tickled_cpu, credit (the idle unit: -1, IDLE_CREDIT)
+        if self.tracing:  # {unit:16, dom:16}, tickled_cpu, credit (the idle unit: -1, IDLE_CREDIT)
             if snext is None:
                 self.ctx.trace(TRC_CSCHED2_RUNQ_CANDIDATE, self.ctx.trace_id(None), -1, IDLE_CREDIT)
             else:
@@ -340,9 +364,10 @@ class Credit2Scheduler(Credit2PcpuBudget):
         q = view.q.get(self.pc.rq)
         if not q:
             return False
-        me = self.ctx.pcpu
+        me = self.me
+        held = self.held
         for w in q:
-            if w.holder == me or w.vid in self.ctx.vcpus:
+            if w.holder == me or w.vid in held:
                 continue
             if w.hard and me not in w.hard:
                 continue
@@ -363,7 +388,10 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 rl = snext.state_entry_ns + self.ratelimit - now
             min_time = max(min_time, rl)
         rt_credit = u.credit
-        swait = self.pc.runq[0].sched.credit if self.pc.runq else None
+        swait: int | None = None
+        if self.pc.runq:
+            hu: Credit2Unit = self.pc.runq[0].sched
+            swait = hu.credit
         if remote is not None and (swait is None or remote > swait):
             swait = remote
         if swait is not None and swait > 0:
@@ -383,8 +411,8 @@ class Credit2Scheduler(Credit2PcpuBudget):
         view = self._view()
         ctx = self.ctx
         pc = self.pc
-        me = ctx.pcpu
-        if ctx.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
+        me = self.me
+        if self.tracing:  # {cpu:16, rq_id:16}, {tasklet:8, idle:8, smt_idle:8, tickled:8} (no SMT: a core is one pCPU)
             idle = 1 if curr is None else 0
             ctx.trace(TRC_CSCHED2_SCHEDULE, me | pc.rq << 16, idle << 8 | idle << 16 | (1 << 24 if me in pc.tickled else 0))
         pc.tickled.discard(me)
@@ -402,13 +430,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
             cu.flags |= F_DELAYED
         if snext is None:
             return Decision(None, -1)
-        su = cu if snext is curr and cu is not None else snext.sched
+        su: Credit2Unit = cu if snext is curr and cu is not None else snext.sched
         if snext is not curr:
             self._runq_remove(snext)
             su.flags |= F_SCHEDULED
         top = su.credit
         if pc.runq:
-            top = max(top, pc.runq[0].sched.credit)
+            hu: Credit2Unit = pc.runq[0].sched
+            top = max(top, hu.credit)
         remote = self._remote_head(view)
         if remote is not None:
             top = max(top, remote)
@@ -435,14 +464,14 @@ class Credit2Scheduler(Credit2PcpuBudget):
                 if instr.rq == self.pc.rq:
                     self._apply_reset(instr.gen, instr.amount, now)
             case Credit2Untickle():
-                v = ctx.vcpus.get(instr.vid)
-                if v is not None and v.sched.tickled_cpu != ctx.pcpu:
-                    v.sched.tickled_cpu = -1
-                    ctx.raise_softirq()
+                v = self.held.get(instr.vid)
+                if v is not None and unit(v).tickled_cpu != self.me:
+                    unit(v).tickled_cpu = -1
+                    self._raise_softirq()
             case Credit2Pulled():
                 self.pc.pull_expect.add(instr.vid)
             case Credit2RqMigrate():
-                v = ctx.vcpus.get(instr.vid)
+                v = self.held.get(instr.vid)
                 if v is not None:
                     u: Credit2Unit = v.sched
                     u.migrate_cpu = instr.to_pcpu
@@ -462,36 +491,77 @@ class Credit2Scheduler(Credit2PcpuBudget):
         now = ctx.now
         pc = self.pc
         cur = ctx.curr
+        ci = None
         if cur is not None and isinstance(cur.sched, Credit2Unit):
-            _, soft = self.affinity(cur)
-            ci = _new(Credit2Curr, (cur.vid, self._credit_at(cur, now), self._weight(cur), cur.state_entry_ns, (not soft) or ctx.pcpu in soft))
-        else:
-            ci = None
+            _, soft = self._aff(cur)
+            vid = cur.vid
+            credit = self._credit_at(cur, now)
+            weight = self._weight(cur)
+            entry = cur.state_entry_ns
+            soft_ok = (not soft) or self.me in soft
+            ci = self._ci  # the last one again while it holds (same instant, nothing ran)
+            if ci is None or ci.vid != vid or ci.credit != credit or ci.weight != weight or ci.entry_ns != entry or ci.soft_ok != soft_ok:
+                ci = self._ci = _new(_Credit2Curr, (vid, credit, weight, entry, soft_ok))
         if self._dirty:
             self._dirty = False
-            queued = []
-            for v in pc.runq:
-                u: Credit2Unit = v.sched
-                queued.append(_new(Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor)))
-            # per-unit loads matter with several runqueues; demand for budget with caps
-            every = len(self.rqs) > 1
-            units = []
-            max_w = 1
-            for vid in sorted(ctx.vcpus):
-                v = ctx.vcpus[vid]
+            self._refresh_parts()
+        units, max_w, reserves = self._cached
+        load = len(pc.runq) + (1 if cur is not None else 0)  # _load_now()
+        area = pc.load_area + load * max(now - pc.load_last_t, 0)
+        return _new(_Credit2Summary, (now, pc.rq, pc.gen, ci, self._queued, units, area, load, reserves, max_w, self._held_vids))
+
+    def _refresh_parts(self) -> None:
+        """The summary's parts after a hook ran. Each is reused while it holds: a unit's queue
+        entry while its fields do, the queue and the held vids while their entries are the same."""
+        pc = self.pc
+        runq = pc.runq
+        last_q = self._queued
+        same = len(last_q) == len(runq)
+        entries: list[Credit2Queued] = []
+        for i, v in enumerate(runq):
+            u: Credit2Unit = v.sched
+            e = u.queued
+            if e is None or e.vid != v.vid or e.credit != u.credit or e.tickled != u.tickled_cpu or e.processor != u.processor:
+                e = u.queued = _new(_Credit2Queued, (v.vid, u.credit, u.tickled_cpu, u.processor))
+            if same and last_q[i] is not e:
+                same = False
+            entries.append(e)
+        if not same:
+            self._queued = tuple(entries)
+        vcpus = self.held
+        held = self._held_vids
+        if self._held_moved or len(held) != len(vcpus):
+            # the engine changes its vCPU table only around insert, remove and migrate
+            self._held_moved = False
+            held = self._held_vids = tuple(sorted(vcpus))
+        # per-unit loads matter with several runqueues; demand for budget with caps
+        every = len(self.rqs) > 1
+        want_units = every
+        max_w = 1
+        for v in vcpus.values():
+            uu = v.sched
+            if not isinstance(uu, Credit2Unit):
+                continue
+            w = self._weight(v)
+            if w > max_w:
+                max_w = w
+            if uu.budget is not None or uu.flags & F_PARKED:
+                want_units = True
+        units: tuple[Credit2Load, ...] = ()
+        if want_units:
+            ul = []
+            for vid in held:
+                v = vcpus[vid]
                 uu = v.sched
                 if not isinstance(uu, Credit2Unit):
                     continue
-                w = self._weight(v)
-                if w > max_w:
-                    max_w = w
                 if every or uu.budget is not None or uu.flags & F_PARKED:
-                    units.append(_new(Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+                    ul.append(_new(_Credit2Load, (vid, uu.avgload, uu.load_last_update, v.runnable(), bool(uu.flags & F_PARKED), bool(uu.flags & F_MIGRATE_REQ))))
+            units = tuple(ul)
+        reserves: tuple[Credit2Reserve, ...] = ()
+        if pc.reserve:
             reserves = tuple(_new(Credit2Reserve, (uid, r)) for uid, r in sorted(pc.reserve.items()))
-            self._cached = (tuple(queued), tuple(units), max_w, reserves, tuple(sorted(ctx.vcpus)))
-        queued_, units_, max_w_, reserves_, held = self._cached
-        area = pc.load_area + self._load_now() * max(now - pc.load_last_t, 0)
-        return _new(Credit2Summary, (now, pc.rq, pc.gen, ci, queued_, units_, area, self._load_now(), reserves_, max_w_, held))
+        self._cached = (units, max_w, reserves)
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -33,7 +33,9 @@ from hosts.sched.credit2.records import Credit2Dom, Credit2Runqueue, extrapolate
 from hosts.sched.messages import (
     Credit2BudgetWant,
     Credit2CpuView,
+    Credit2Curr,
     Credit2Pulled,
+    Credit2Queued,
     Credit2Reset,
     Credit2RqView,
     Credit2Summary,
@@ -51,8 +53,44 @@ from hosts.vcpu import make_vid
 Out = dict[int, list[Instruction]]
 #: builds a NamedTuple without its Python-level __new__ (views and moves at every boundary)
 _new: Final = tuple.__new__
-#: a vCPU waiting on a pCPU, as the boundary ranks it: (credit, vid, holder, tickled, processor)
-Queued = tuple[int, int, int, int, int]
+#: message classes as native constants: a NamedTuple class is otherwise looked up in this
+#: module's globals at each use
+_Credit2Waiting: Final = Credit2Waiting
+_Credit2CpuView: Final = Credit2CpuView
+_Credit2RqView: Final = Credit2RqView
+_Credit2View: Final = Credit2View
+_Give: Final = Give
+_Credit2Untickle: Final = Credit2Untickle
+_Credit2Pulled: Final = Credit2Pulled
+#: a vCPU waiting on a pCPU, as the boundary ranks it: (-credit, vid, position, holder, entry);
+#: sorted as plain tuples (credit order, ties by vid, then by position: a stable sort's order)
+Ranked = tuple[int, int, int, int, Credit2Queued]
+#: a runqueue's pCPUs' queues as the summaries hold them: (holder, queue) in pCPU order
+Parts = list[tuple[int, tuple[Credit2Queued, ...]]]
+
+
+class _RankedRq:
+    """A runqueue's waiting vCPUs ranked, with their view entries, kept while its pCPUs' queues
+    are the same objects (a pCPU's summary reuses its queue while it is unchanged)."""
+
+    __slots__ = ("parts", "ranked", "waiting", "waiting_t")
+
+    def __init__(self, parts: Parts, ranked: list[Ranked], waiting: list[Credit2Waiting]) -> None:
+        self.parts = parts
+        self.ranked = ranked
+        self.waiting = waiting
+        self.waiting_t = tuple(waiting)
+
+
+class _Wait:
+    """A vCPU's view entry and the queue entry and holder it was made from."""
+
+    __slots__ = ("q", "holder", "w")
+
+    def __init__(self, q: Credit2Queued, holder: int, w: Credit2Waiting) -> None:
+        self.q = q
+        self.holder = holder
+        self.w = w
 
 
 class Credit2Pool(Credit2Balancer):
@@ -81,12 +119,20 @@ class Credit2Pool(Credit2Balancer):
         self.inflight: dict[int, int] = {}
         self.seq = 0
         self.view = Credit2View(0, {r.id: Credit2RqView(0, 1, 0, r.pick_bias, CREDIT_INIT) for r in self.rqs}, {}, {})
-        self._queued_view: dict[int, tuple[Queued, ...]] = {}
+        self._ranked: dict[int, _RankedRq] = {}  # runqueue -> its ranking at the last boundary
+        self._waits: dict[int, _Wait] = {}  # vid -> its last view entry (a unit's queue entry is reused while unchanged)
+        self._cpu_view: dict[int, tuple[Credit2Summary, Credit2CpuView]] = {}  # pCPU -> its entry and the summary it is of
         self.pending_work = False
         self.moves = {"tickled": 0, "idle": 0, "pull": 0, "balance": 0}  # gives by reason
 
     # --- domain table ----------------------------------------------------------------------
+    def _masks_changed(self) -> None:
+        """Forget the view entries kept from earlier boundaries: they carry hard affinities."""
+        self._ranked = {}
+        self._waits = {}
+
     def add_domain(self, dom: DomainInfo) -> None:
+        self._masks_changed()
         self.doms[dom.uid] = Credit2Dom(dom.weight, dom.cap, dom.nr_vcpus)
         self.set_affinity(dom)
         if dom.cap:
@@ -94,6 +140,7 @@ class Credit2Pool(Credit2Balancer):
 
     def adjust(self, dom: DomainInfo) -> None:
         """csched2_dom_cntl putinfo (weight, cap) and affinity changes."""
+        self._masks_changed()
         sd = self.doms.get(dom.uid)
         if sd is None:
             return
@@ -111,6 +158,7 @@ class Credit2Pool(Credit2Balancer):
         self.set_affinity(dom)
 
     def remove_domain(self, dom: DomainInfo) -> None:
+        self._masks_changed()
         self.doms.pop(dom.uid, None)
         for i in range(dom.nr_vcpus):
             vid = make_vid(dom.uid, i)
@@ -139,6 +187,7 @@ class Credit2Pool(Credit2Balancer):
     def place(self, vid: int, hint: int, summaries: Mapping[int, Credit2Summary | None], domain: DomainInfo) -> int:
         """csched2_res_pick at insert: the least loaded runqueue, then its next pCPU."""
         if vid not in self.affinity:
+            self._masks_changed()
             self.set_affinity(domain)
         hard, soft = self.masks(vid)
         i, mask = res_pick(hard, soft, self.pool, self.rq_sets, [r.b_avgload for r in self.rqs])
@@ -194,84 +243,161 @@ class Credit2Pool(Credit2Balancer):
             for uid in sorted(self.wants):
                 self._rebalance_budget(uid, S, out)
             self.wants = set()
-        self._moves(now, S, steal_reqs, out)
-        self._refresh_view(S)
+        moved = self._moves(now, S, steal_reqs, out)
+        self._refresh_view(S, moved)
         return out
 
     # --- the shared runqueue: moves between pCPUs of a runqueue ---------------------------------
-    def _moves(self, now: int, S: dict[int, Credit2Summary], steal_reqs: Sequence[StealRequest], out: Out) -> None:
-        queued: dict[int, list[Queued]] = {r.id: [] for r in self.rqs}
-        cur: dict[int, tuple[int, int]] = {}  # pCPU -> (credit now, entry_ns) of what it runs
-        present: set[int] = set()
-        local_head: dict[int, int] = {}
+    def _parts(self, S: dict[int, Credit2Summary]) -> dict[int, Parts]:
+        """Per runqueue, its pCPUs' queues in pCPU order."""
+        parts: dict[int, Parts] = {r.id: [] for r in self.rqs}
+        rq_of = self.rq_of
         for c in self.cpus:
             s = S.get(c)
-            if s is None:
-                continue
-            present.update(s.held)
-            ci = s.curr
-            if ci is not None:
-                mw = max(self.rqs[self.rq_of[c]].max_weight, 1)
-                cur[c] = (extrapolate(ci.credit, now - s.now, mw, ci.weight), ci.entry_ns)
-            for q in s.queued:
-                queued[self.rq_of[c]].append((q.credit, q.vid, c, q.tickled, q.processor))
-            if s.queued:
-                local_head[c] = s.queued[0].credit
-        for vid in [v for v in self.inflight if v in present]:
-            del self.inflight[vid]
-        busy_target = set(self.inflight.values())
-        moved: set[int] = set()
+            if s is not None and s.queued:
+                parts[rq_of[c]].append((c, s.queued))
+        return parts
 
-        def give(vid: int, holder: int, to: int, why: str) -> None:
-            self.moves[why] += 1
-            out.setdefault(holder, []).append(_new(Give, (vid, to)))
-            self.inflight[vid] = to
-            moved.add(vid)
-            busy_target.add(to)
+    def _rank(self, rid: int, parts: Parts) -> _RankedRq:
+        """Runqueue ``rid``'s waiting vCPUs in credit order (ties by vid), kept while its
+        pCPUs' queues are the same objects."""
+        old = self._ranked.get(rid)
+        if old is not None and len(old.parts) == len(parts):
+            same = True
+            for (c0, q0), (c1, q1) in zip(old.parts, parts):
+                if c0 != c1 or q0 is not q1:
+                    same = False
+                    break
+            if same:
+                return old
+        ranked: list[Ranked] = []
+        i = 0
+        for c, qs in parts:
+            for q in qs:
+                ranked.append((-q.credit, q.vid, i, c, q))
+                i += 1
+        ranked.sort()
+        pool = self.pool
+        waits = self._waits
+        waiting = []
+        for _k, vid, _i, holder, q in ranked:
+            e = waits.get(vid)
+            if e is None or e.q is not q or e.holder != holder:
+                hard = self._hard(vid)
+                w = _new(_Credit2Waiting, (q.credit, vid, holder, q.tickled, q.processor, () if hard is pool or hard == pool else tuple(sorted(hard))))
+                if e is None:
+                    e = waits[vid] = _Wait(q, holder, w)
+                else:
+                    e.q = q
+                    e.holder = holder
+                    e.w = w
+            waiting.append(e.w)
+        r = self._ranked[rid] = _RankedRq(parts, ranked, waiting)
+        return r
+
+    def _hard(self, vid: int) -> frozenset[int]:
+        """masks(vid)[0], without building the default."""
+        m = self.affinity.get(vid)
+        return m[0] if m is not None else self.pool
+
+    def _cur(self, c: int, ci: Credit2Curr, s: Credit2Summary, now: int) -> int:
+        """The credit now of what pCPU c runs (its summary's, burnt since)."""
+        mw = max(self.rqs[self.rq_of[c]].max_weight, 1)
+        return extrapolate(ci.credit, now - s.now, mw, ci.weight)
+
+    def _give(self, vid: int, holder: int, to: int, why: str, out: Out, moved: set[int], busy_target: set[int]) -> None:
+        self.moves[why] += 1
+        out.setdefault(holder, []).append(_new(_Give, (vid, to)))
+        self.inflight[vid] = to
+        moved.add(vid)
+        busy_target.add(to)
+
+    def _moves(self, now: int, S: dict[int, Credit2Summary], steal_reqs: Sequence[StealRequest], out: Out) -> set[int]:
+        """Returns the vids given away."""
+        parts = self._parts(S)
+        inflight = self.inflight
+        if inflight:
+            arrived = [vid for vid in inflight if any(vid in s.held for s in S.values())]
+            for vid in arrived:
+                del inflight[vid]
+        busy_target = set(inflight.values())
+        moved: set[int] = set()
+        ranks: dict[int, _RankedRq] = {}
 
         # (1) vCPUs tickled for another pCPU go there, if the tickle still holds with what
         # that pCPU runs now (runq_tickle decided from the last view; Xen from the truth)
-        for rqid in sorted(queued):
-            for credit, vid, holder, tickled, processor in queued[rqid]:
-                if tickled < 0 or tickled == holder or vid in self.inflight:
-                    continue
-                hard = self.masks(vid)[0]
-                ok = tickled in self.pool and self.rq_of.get(tickled) == rqid and tickled in hard and tickled not in busy_target
-                if ok and tickled in cur:
-                    cc, entry = cur[tickled]
-                    score = credit - cc - (self.resist if processor != tickled else 0)
-                    ok = score > 0 and is_preemptable(entry, now, self.ratelimit)
-                if ok:
-                    give(vid, holder, tickled, "tickled")
-                else:
-                    out.setdefault(holder, []).append(_new(Credit2Untickle, (vid,)))
+        for r in self.rqs:  # by id
+            rqid = r.id
+            for holder, qs in parts[rqid]:
+                for q in qs:
+                    tickled = q.tickled
+                    if tickled < 0 or tickled == holder:
+                        continue
+                    vid = q.vid
+                    if vid in inflight:
+                        continue
+                    hard = self._hard(vid)
+                    ok = tickled in self.pool and self.rq_of.get(tickled) == rqid and tickled in hard and tickled not in busy_target
+                    if ok:
+                        st = S.get(tickled)
+                        ci = st.curr if st is not None else None
+                        if st is not None and ci is not None:
+                            score = q.credit - self._cur(tickled, ci, st, now) - (self.resist if q.processor != tickled else 0)
+                            ok = score > 0 and is_preemptable(ci.entry_ns, now, self.ratelimit)
+                    if ok:
+                        self._give(vid, holder, tickled, "tickled", out, moved, busy_target)
+                    else:
+                        out.setdefault(holder, []).append(_new(_Credit2Untickle, (vid,)))
         # (2) idle pCPUs take the best vCPU waiting elsewhere in their runqueue
         for c in self.cpus:
-            if c in cur or c in busy_target or c in local_head or S.get(c) is None:
+            s = S.get(c)
+            if s is None or s.curr is not None or s.queued or c in busy_target:
                 continue
-            got = self._best_waiting(c, queued, moved, IDLE_CREDIT, None)
+            rid = self.rq_of[c]
+            if not parts[rid]:
+                continue  # nothing waits in its runqueue
+            rk = ranks.get(rid)
+            if rk is None:
+                rk = ranks[rid] = self._rank(rid, parts[rid])
+            got = self._best_waiting(c, rk.ranked, moved, IDLE_CREDIT, None)
             if got is not None:
-                give(got[0], got[1], c, "idle")
+                self._give(got[0], got[1], c, "idle", out, moved, busy_target)
         # (3) pull requests, in request order
         for _t, c, kind in steal_reqs:
             if kind != PULL or c in busy_target:
                 continue
-            cc = cur[c][0] if c in cur else IDLE_CREDIT
-            got = self._best_waiting(c, queued, moved, cc, local_head.get(c))
+            s = S.get(c)
+            cc = IDLE_CREDIT
+            head: int | None = None
+            if s is not None:
+                ci = s.curr
+                if ci is not None:
+                    cc = self._cur(c, ci, s, now)
+                if s.queued:
+                    head = s.queued[0].credit
+            rid = self.rq_of[c]
+            rk = ranks.get(rid)
+            if rk is None:
+                rk = ranks[rid] = self._rank(rid, parts[rid])
+            got = self._best_waiting(c, rk.ranked, moved, cc, head)
             if got is not None:
-                give(got[0], got[1], c, "pull")
-                out.setdefault(c, []).append(_new(Credit2Pulled, (got[0],)))
-        self._queued_view = {rid: tuple(sorted((x for x in lst if x[1] not in moved), key=_rank)) for rid, lst in queued.items()}
+                self._give(got[0], got[1], c, "pull", out, moved, busy_target)
+                out.setdefault(c, []).append(_new(_Credit2Pulled, (got[0],)))
+        for rid in parts:
+            if rid not in ranks:
+                ranks[rid] = self._rank(rid, parts[rid])
+        return moved
 
-    def _best_waiting(self, c: int, queued: dict[int, list[Queued]], moved: set[int], snext_credit: int, local_head: int | None) -> tuple[int, int] | None:
+    def _best_waiting(self, c: int, ranked: list[Ranked], moved: set[int], snext_credit: int, local_head: int | None) -> tuple[int, int] | None:
         """(vid, holder) of the first vCPU in credit order (ties: vid) waiting on another pCPU
         of c's runqueue that runq_candidate on c would take."""
-        for credit, vid, holder, tickled, processor in sorted(queued[self.rq_of[c]], key=_rank):
+        for _k, vid, _i, holder, q in ranked:
             if holder == c or vid in moved or vid in self.inflight:
                 continue
-            if c not in self.masks(vid)[0]:
+            if c not in self._hard(vid):
                 continue
-            if not may_take(c, holder, tickled, processor, credit, snext_credit, self.resist):
+            credit = q.credit
+            if not may_take(c, holder, q.tickled, q.processor, credit, snext_credit, self.resist):
                 continue
             if local_head is not None and not credit > local_head:
                 return None
@@ -280,27 +406,49 @@ class Credit2Pool(Credit2Balancer):
             return None
         return None
 
-    def _refresh_view(self, S: dict[int, Credit2Summary]) -> None:
-        rq = {r.id: _new(Credit2RqView, (r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount)) for r in self.rqs}
+    def _refresh_view(self, S: dict[int, Credit2Summary], moved: set[int]) -> None:
+        v = self.view
+        # entries equal to the last view's are that view's (a cheap comparison below)
+        rq: dict[int, Credit2RqView] = {}
+        for r in self.rqs:
+            e = v.rq.get(r.id)
+            if e is None or e.gen != r.gen or e.max_weight != r.max_weight or e.load != r.b_avgload or e.pick_bias != r.pick_bias or e.gen_amount != r.gen_amount:
+                e = _new(_Credit2RqView, (r.gen, r.max_weight, r.b_avgload, r.pick_bias, r.gen_amount))
+            rq[r.id] = e
         cpu: dict[int, Credit2CpuView] = {}
+        cache = self._cpu_view
         for c in self.cpus:
             s = S.get(c)
-            if s is None or s.curr is None:
+            if s is None:
                 continue
             ci = s.curr
-            cpu[c] = _new(Credit2CpuView, (ci.vid, ci.credit, ci.weight, ci.entry_ns, bool(ci.soft_ok), s.now))
+            if ci is None:
+                continue
+            got = cache.get(c)
+            if got is not None and got[0] is s:
+                cv = got[1]
+            else:
+                # fields copied as the objects they are (typed, they would be unboxed and boxed anew)
+                cf: tuple[Any, ...] = ci
+                sf: tuple[Any, ...] = s
+                cv = _new(_Credit2CpuView, (cf[0], cf[1], cf[2], cf[3], bool(ci.soft_ok), sf[0]))
+                cache[c] = (s, cv)
+            cpu[c] = cv
         q: dict[int, tuple[Credit2Waiting, ...]] = {}
-        for rid, lst in self._queued_view.items():
-            ent = []
-            for credit, vid, holder, tickled, processor in lst:
-                hard = self.masks(vid)[0]
-                ent.append(_new(Credit2Waiting, (credit, vid, holder, tickled, processor, tuple(sorted(hard)) if hard != self.pool else ())))
+        for r in self.rqs:
+            rid = r.id
+            rk = self._ranked.get(rid)
+            if rk is None or not rk.ranked:
+                continue
+            if not moved:
+                q[rid] = rk.waiting_t
+                continue
+            ent = [w for w in rk.waiting if w.vid not in moved]
             if ent:
                 q[rid] = tuple(ent)
-        v = self.view
         if (rq, cpu, q) != (v.rq, v.cpu, v.q):
             self.seq += 1
-            self.view = _new(Credit2View, (self.seq, rq, cpu, q))
+            self.view = _new(_Credit2View, (self.seq, rq, cpu, q))
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -312,6 +460,3 @@ class Credit2Pool(Credit2Balancer):
             "moves": dict(self.moves),
         }
 
-
-def _rank(x: Queued) -> tuple[int, int]:
-    return (-x[0], x[1])

@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from hosts.clock import NEVER
-from hosts.sched.affinity import has_soft_affinity
+from hosts.sched.affinity import NO_CPUS, has_soft_affinity
 from hosts.sched.base import UnitRecord
 from hosts.sched.credit2.params import CREDIT_INIT, CREDIT_MIN, LOADAVG_GRANULARITY_SHIFT, RATELIMIT_TICKLE_TOLERANCE, Credit2Params
+from hosts.sched.messages import Credit2Queued
 
 if TYPE_CHECKING:  # pragma: no cover
     from hosts.vcpu import VcpuState
@@ -45,7 +46,8 @@ class Credit2Unit(UnitRecord):
         "migrate_cpu",
         "on_runq",
     )
-    __slots__ = FIELDS
+    # not on the wire: the summary entry and affinity masks last built, reused while they hold
+    __slots__ = FIELDS + ("queued", "aff_h", "aff_s", "hard", "soft")
 
     def __init__(self) -> None:
         self.credit = CREDIT_INIT
@@ -61,6 +63,11 @@ class Credit2Unit(UnitRecord):
         self.gen = 0  # number of the last credit reset of its runqueue it received
         self.migrate_cpu = -1
         self.on_runq = False
+        self.queued: Credit2Queued | None = None
+        self.aff_h: tuple[int, ...] | None = None  # the vCPU's affinity tuples the masks are of
+        self.aff_s: tuple[int, ...] | None = None
+        self.hard: frozenset[int] = NO_CPUS
+        self.soft: frozenset[int] = NO_CPUS
 
     def restored(self) -> None:
         self.on_runq = False

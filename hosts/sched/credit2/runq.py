@@ -18,13 +18,15 @@ in credit order, FIFO among equals.
 
 from __future__ import annotations
 
-from typing import Final, TYPE_CHECKING
+from typing import Callable, Final, TYPE_CHECKING
 
 from hosts.clock import MS, US
+from hosts.domain import DomainInfo
+from hosts.sched.affinity import Masks
 from hosts.sched.base import PcpuScheduler, SchedContext
 from hosts.sched.credit2.params import CARRYOVER_MAX, CREDIT_INIT, CREDIT_MIN, DEFAULT_WEIGHT, F_PINNED, GEN_HISTORY, LOADAVG_GRANULARITY_SHIFT, RING, Credit2Params
 from hosts.sched.credit2.records import Credit2Pcpu, Credit2Unit, runqueue_map, svc_load_at
-from hosts.sched.messages import Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View
+from hosts.sched.messages import Credit2Curr, Credit2Load, Credit2Queued, Credit2Reserve, Credit2Reset, Credit2View, PoolView
 from hosts.tracelog import TRC_CSCHED2_CREDIT_BURN, TRC_CSCHED2_CREDIT_RESET, TRC_CSCHED2_RUNQ_POS
 
 INT_MIN: Final = -(1 << 31)
@@ -36,14 +38,15 @@ if TYPE_CHECKING:  # pragma: no cover
 NO_VIEW: Final = Credit2View(0, {}, {}, {})
 _UNSEEN: Final = object()
 
-# (queued, units, max_weight, reserves, held) of a summary, rebuilt only when something changed
-_Cached = tuple[tuple[Credit2Queued, ...], tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...], tuple[int, ...]]
+# (units, max_weight, reserves) of a summary, rebuilt only when a hook ran since
+_Cached = tuple[tuple[Credit2Load, ...], int, tuple[Credit2Reserve, ...]]
 
 class Credit2Slice(PcpuScheduler):
     """The per-pCPU half's state and the operations on it (see the module comment)."""
 
     name = "credit2"
     unit_type = Credit2Unit
+    keeps_record = True  # pc.runq and pc.parked let go of a vCPU that leaves
     params: Credit2Params
 
     def __init__(self, ctx: SchedContext, params: Credit2Params) -> None:
@@ -64,21 +67,49 @@ class Credit2Slice(PcpuScheduler):
         self._view_gen = 0
         self._removing = -1
         self._dirty = True
-        self._cached: _Cached = ((), (), 1, (), ())
+        self._cached: _Cached = ((), 1, ())
+        self._queued: tuple[Credit2Queued, ...] = ()  # the last summary's queue and held vids
+        self._held_vids: tuple[int, ...] = ()
+        self._held_moved = True  # a vCPU came or went since _held_vids
+        self._ci: Credit2Curr | None = None  # the last summary's current vCPU
+        # read once: the engine's attributes are reached through a protocol (slow reads); it
+        # mutates these objects, never replaces them
+        self.me = ctx.pcpu
+        self.pview: PoolView = ctx.view
+        self.held: dict[int, VcpuState] = ctx.vcpus
+        self.doms: dict[int, DomainInfo] = ctx.domains
+        self.rq_list = self.rqs[rq]  # this runqueue's pCPUs in id order
+        self.ring_any = len(self.rq_cpus) > 1 or len(self.rqs) > 1  # a plain ring can do something
+        # the engine's methods called most, bound once (a call through the protocol looks them up)
+        self._request_steal: Callable[[int], None] = ctx.request_steal
+        self._raise_softirq: Callable[[], None] = ctx.raise_softirq
+        self._tickle_cpu: Callable[[int], None] = ctx.tickle
+        self.tracing = ctx.tracing  # fixed before the scheduler is made
 
     # --- helpers -------------------------------------------------------------------------
     def _view(self) -> Credit2View:
-        x = self.ctx.view.extra
+        x = self.pview.extra
         return x if type(x) is Credit2View else NO_VIEW
 
     def _weight(self, v: "VcpuState") -> int:
-        d = self.ctx.domains.get(v.dom)
+        d = self.doms.get(v.dom)
         return d.weight if d is not None else DEFAULT_WEIGHT
+
+    def _aff(self, v: "VcpuState") -> Masks:
+        """``affinity(v)``, kept on the unit while the vCPU's affinity tuples are the same objects."""
+        u: Credit2Unit = v.sched
+        h = v.hard_affinity
+        s = v.soft_affinity
+        if u.aff_h is not h or u.aff_s is not s:
+            u.hard, u.soft = self.affinity(v)
+            u.aff_h = h
+            u.aff_s = s
+        return u.hard, u.soft
 
     def _idlers(self) -> frozenset[int]:
         """Xen's rqd->idle: the others as of the last view, this pCPU as it is now."""
-        me = self.ctx.pcpu
-        idle = frozenset(self.ctx.view.idlers) - {me}
+        me = self.me
+        idle = frozenset(self.pview.idlers) - {me}
         return idle | {me} if self.ctx.curr is None else idle
 
     def _load_now(self) -> int:
@@ -101,7 +132,7 @@ class Credit2Slice(PcpuScheduler):
 
     def _fresh_view(self) -> None:
         """On a new view: forget its tickles and budget asks, catch up a reset it shows."""
-        extra = self.ctx.view.extra
+        extra = self.pview.extra
         if extra is self._seen_view:
             return
         self._seen_view = extra
@@ -120,7 +151,7 @@ class Credit2Slice(PcpuScheduler):
     def _update_max_weight(self) -> None:
         rqv = self._view().rq.get(self.pc.rq)
         mw = rqv.max_weight if rqv is not None else 1
-        for v in self.ctx.vcpus.values():
+        for v in self.held.values():
             w = self._weight(v)
             if w > mw:
                 mw = w
@@ -140,8 +171,8 @@ class Credit2Slice(PcpuScheduler):
         """The credit of the best vCPU waiting on another pCPU of this runqueue (view)."""
         q = view.q.get(self.pc.rq)
         if q:
-            held = self.ctx.vcpus
-            me = self.ctx.pcpu
+            held = self.held
+            me = self.me
             for w in q:
                 if w.holder != me and w.vid not in held:
                     return self._remote_bonus(w.credit)
@@ -153,12 +184,14 @@ class Credit2Slice(PcpuScheduler):
         delta = now - u.start_time
         if delta > 0:
             val = delta * self.pc.max_weight + u.residual
-            q, u.residual = divmod(val, self._weight(v))
+            w = self._weight(v)
+            q = val // w
+            u.residual = val - q * w  # val % w
             u.credit = max(u.credit - q, CREDIT_MIN)
             if u.budget is not None:
                 u.budget -= delta
             u.start_time = now
-        if self.ctx.tracing:  # {unit:16, dom:16}, credit, budget (INT_MIN: no cap), delta
+        if self.tracing:  # {unit:16, dom:16}, credit, budget (INT_MIN: no cap), delta
             self.ctx.trace(TRC_CSCHED2_CREDIT_BURN, self.ctx.trace_id(v), u.credit, INT_MIN if u.budget is None else u.budget, delta)
 
     def _credit_at(self, v: "VcpuState", now: int) -> int:
@@ -179,11 +212,14 @@ class Credit2Slice(PcpuScheduler):
         c = u.credit
         i = 0
         n = len(runq)
-        while i < n and not c > runq[i].sched.credit:
+        while i < n:
+            ou: Credit2Unit = runq[i].sched
+            if c > ou.credit:
+                break
             i += 1
         runq.insert(i, v)
         u.on_runq = True
-        if self.ctx.tracing:  # {unit:16, dom:16}, pos
+        if self.tracing:  # {unit:16, dom:16}, pos
             self.ctx.trace(TRC_CSCHED2_RUNQ_POS, self.ctx.trace_id(v), i)
 
     def _runq_remove(self, v: "VcpuState") -> None:
@@ -193,17 +229,17 @@ class Credit2Slice(PcpuScheduler):
             u.on_runq = False
 
     def _ring(self, kind: int = RING) -> None:
-        if len(self.rq_cpus) > 1 or len(self.rqs) > 1 or kind != RING:
-            self.ctx.request_steal(kind)
+        if self.ring_any or kind != RING:
+            self._request_steal(kind)
 
     def _kick(self) -> None:
         """Make this pCPU reschedule (the engine's softirq loop runs it at this instant, also
         when raised from inside schedule())."""
-        self.ctx.raise_softirq()
+        self._raise_softirq()
 
     def _set_pinned(self, v: "VcpuState") -> None:
         u: Credit2Unit = v.sched
-        if len(self.affinity(v)[0]) == 1:
+        if len(self._aff(v)[0]) == 1:
             u.flags |= F_PINNED
         else:
             u.flags &= ~F_PINNED
@@ -234,7 +270,7 @@ class Credit2Slice(PcpuScheduler):
             start = u.credit
             self._catch_up(u, gen)
             u.start_time = now
-            if self.ctx.tracing:  # {unit:16, dom:16}, credit_start, credit_end
+            if self.tracing:  # {unit:16, dom:16}, credit_start, credit_end
                 self.ctx.trace(TRC_CSCHED2_CREDIT_RESET, self.ctx.trace_id(v), start, u.credit)
 
     def _catch_up(self, u: Credit2Unit, upto: int) -> None:
@@ -245,7 +281,8 @@ class Credit2Slice(PcpuScheduler):
         u.gen = max(u.gen, upto)
 
     def _reset(self, now: int, snext: "VcpuState") -> None:
-        amount = CREDIT_INIT * (2 if snext.sched.credit == CREDIT_MIN else 1)
+        su: Credit2Unit = snext.sched
+        amount = CREDIT_INIT * (2 if su.credit == CREDIT_MIN else 1)
         gen = self.pc.gen + 1
         self._apply_reset(gen, amount, now)
         self.ctx.pool_msg(Credit2Reset(self.pc.rq, gen, amount))
