@@ -114,6 +114,21 @@ def test_a_vcpu_object_leaving_a_process_travels_as_its_record():
     assert unpack_vcpu(out.vcpu).runstate_ns == [5, 6, 7, 8]
 
 
+def test_a_vcpu_holding_its_schedulers_record_leaves_a_process_with_the_records_fields():
+    """Within a process Credit and Credit2 hand a moving vCPU's unit record over as it is
+    (``keeps_record``); sealed for another process, the record travels as its fields."""
+    from hosts.sched.credit.records import CreditVcpu
+
+    v = _vcpu()
+    u = CreditVcpu()
+    u.credit, u.pri, u.residual, u.start_time, u.active = -50, -1, 7, 99, True
+    v.sched = u
+    rep = RunReply([XferOut(7, v.vid, 2, v, 0)], None, 30, -1)
+    back = unpack_vcpu(unpackb(packb(seal_reply(rep))).out[0].vcpu)
+    assert back.sched == {"pri": -1, "credit": -50, "residual": 7, "start_time": 99, "flags": 0, "last_sched_time": 0, "active": True}
+    assert CreditVcpu.from_wire(back.sched).credit == -50
+
+
 # one host of 3 pCPUs with more vCPUs than pCPUs, so that Credit moves vCPUs between pCPUs
 # (and so between processes when they are split), plus a second host and a live migration
 THREE = {

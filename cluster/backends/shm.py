@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 from hosts.codec import pack_vcpu
 from hosts.messages import Command, Finish, Reply, Run, RunReply, Xfer, XferOut
+from hosts.sched.base import UnitRecord
 from hosts.vcpu import VcpuState
 from hosts.wire import message, packb, unpackb
 
@@ -202,12 +203,20 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _sealed(v: VcpuState) -> bytes:
+    """A vCPU object's record. Within a process a scheduler may hand its unit record over with
+    the object (``PcpuScheduler.keeps_record``); across processes it travels as its dict."""
+    if isinstance(v.sched, UnitRecord):
+        v.sched = v.sched.to_wire()
+    return pack_vcpu(v, with_sched=True)
+
+
 def seal_cmd(cmd: Command) -> Command:
     """``cmd`` fit for another process: a vCPU handed over as an object (pCPUs of one process
     do that, as inline) travels as its record, which the receiving pCPU decodes."""
     if type(cmd) is not Run or not any(type(it) is Xfer and type(it.vcpu) is VcpuState for it in cmd.inbox):
         return cmd
-    inbox = tuple(it._replace(vcpu=pack_vcpu(it.vcpu, with_sched=True)) if type(it) is Xfer and type(it.vcpu) is VcpuState else it for it in cmd.inbox)
+    inbox = tuple(it._replace(vcpu=_sealed(it.vcpu)) if type(it) is Xfer and type(it.vcpu) is VcpuState else it for it in cmd.inbox)
     return cmd._replace(inbox=inbox)
 
 
@@ -215,7 +224,7 @@ def seal_reply(rep: Reply) -> Reply:
     """``rep`` fit for another process (see ``seal_cmd``): vCPUs leaving as objects become records."""
     if type(rep) is not RunReply or not any(type(m) is XferOut and type(m.vcpu) is VcpuState for m in rep.out):
         return rep
-    out = [m._replace(vcpu=pack_vcpu(m.vcpu, with_sched=True)) if type(m) is XferOut and type(m.vcpu) is VcpuState else m for m in rep.out]
+    out = [m._replace(vcpu=_sealed(m.vcpu)) if type(m) is XferOut and type(m.vcpu) is VcpuState else m for m in rep.out]
     return rep._replace(out=out)
 
 
