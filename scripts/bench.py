@@ -16,7 +16,7 @@ run's wall time. Variants (VARIANTS below) run a scenario file with overrides: t
 scheduler, the other pre-copy policies. A figure that does not apply is null.
 
 ``--scaling`` runs one cluster per size (1, 2, 4, 8, 16 hosts of 4 pCPUs, each host with the
-"mixed" scenario's host0 guests, 10 simulated s each, ``--sim-s``) on each backend and prints
+"mixed" scenario's host0 guests, 10 simulated s each, ``--sim-s``; ``--repeat N`` for medians) on each backend and prints
 wall seconds per simulated second per pCPU: flat means the cost is linear in the cluster's
 size; and Ray's start-up per cluster (actors, shared memory, domains). The table's header says which
 engine ran (mypyc-compiled or pure Python: ``hosts.COMPILED``).
@@ -194,14 +194,16 @@ def scaling_doc(n_hosts: int, sim_ms: float) -> dict:
     return doc
 
 
-def scaling(quick: bool, backends: list[str], sim_s: float | None = None) -> dict:
+def scaling(quick: bool, backends: list[str], sim_s: float | None = None, repeat: int = 1) -> dict:
+    """Each size run ``repeat`` times per backend, alternating; wall figures are medians and
+    the digests must agree across every run."""
     from cluster.config import resolved_doc, validate_doc
     from cluster.raysession import RaySession
 
     # 10 simulated s: the 1-host row then lasts about half a wall second; at 1 s, fixed costs
     # of a run (tens of ms) made the per-pCPU figures of small clusters look up to 2x dearer
     sim_ms = 1000.0 * (sim_s if sim_s is not None else 0.2 if quick else 10.0)
-    out: dict = {"machine": machine(), "sim_s": sim_ms / 1000.0, "rows": []}
+    out: dict = {"machine": machine(), "sim_s": sim_ms / 1000.0, "runs_each": repeat, "rows": []}
     session = RaySession().start() if "ray" in backends else None
     try:
         warm = validate_doc(scaling_doc(1, 50.0), "<scaling warm-up>")
@@ -211,18 +213,26 @@ def scaling(quick: bool, backends: list[str], sim_s: float | None = None) -> dic
             cfg = validate_doc(scaling_doc(n, sim_ms), f"<scaling {n} hosts>")
             pcpus = sum(h.pcpus for h in cfg.hosts)
             row: dict = {"hosts": n, "pcpus": pcpus}
-            digests = {}
+            digests: set[str] = set()
+            walls: dict[str, list[float]] = {be: [] for be in backends}
+            startups: list[float] = []
+            for _ in range(repeat):  # alternating, so that a noisy minute hits both backends
+                for be in backends:
+                    r = run_loaded(cfg, resolved_doc(cfg), backend=be, write=False)
+                    walls[be].append(r.summary["sim_wall_s"])
+                    if be == "ray":
+                        startups.append(r.summary["startup_s"])  # actors, segments, domains
+                    digests.add(r.summary["trace_digest"])
             for be in backends:
-                r = run_loaded(cfg, resolved_doc(cfg), backend=be, write=False)
-                w = r.summary["sim_wall_s"]
+                w = statistics.median(walls[be])
                 row[f"{be}_wall_s"] = round(w, 3)
                 row[f"{be}_us_per_sim_ms_per_pcpu"] = round(w / (sim_ms / 1000.0) / pcpus * 1000.0, 2)
-                if be == "ray":
-                    row["ray_startup_s"] = round(r.summary["startup_s"], 2)  # actors, segments, domains
-                digests[be] = r.summary["trace_digest"]
-            if len(digests) == 2:
+            if startups:
+                row["ray_startup_s"] = round(statistics.median(startups), 2)
+            if len(backends) == 2:
                 row["ray_over_inline"] = round(row["inline_wall_s"] / row["ray_wall_s"], 3)
-                row["digests_equal"] = digests["inline"] == digests["ray"]
+            if len(backends) == 2 or repeat > 1:
+                row["digests_equal"] = len(digests) == 1
             out["rows"].append(row)
     finally:
         if session is not None:
@@ -239,14 +249,16 @@ def print_scaling(res: dict, backends: list[str]) -> None:
     from rich.table import Table
 
     m = res["machine"]
-    t = Table(title=f"hvsim scaling: {res['sim_s']} simulated s per cluster ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine; two processes of plain Python work run {m['two_process_speedup']}x one)")
+    t = Table(title=f"hvsim scaling: {res['sim_s']} simulated s per cluster, {res['runs_each']} run(s) per backend, medians ({m['cpus']} CPUs, Python {m['python']}, {m['engine']} engine; two processes of plain Python work run {m['two_process_speedup']}x one)")
     cols = ["hosts", "pcpus"]
     for be in backends:
         cols += [f"{be}_wall_s", f"{be}_us_per_sim_ms_per_pcpu", f"{be}_vs_1_host"]
     if "ray" in backends:
         cols.append("ray_startup_s")
     if len(backends) == 2:
-        cols += ["ray_over_inline", "digests_equal"]
+        cols.append("ray_over_inline")
+    if len(backends) == 2 or res["runs_each"] > 1:
+        cols.append("digests_equal")
     heads = {"hosts": "hosts", "pcpus": "pCPUs", "ray_over_inline": "ray speed / inline", "digests_equal": "digests equal", "ray_startup_s": "ray: start-up s (actors, domains)"}
     for c in cols:
         be, _, rest = c.partition("_")
@@ -377,12 +389,12 @@ def main() -> int:
     ap.add_argument("--scaling", action="store_true", help="the scaling table (1 to 16 hosts of 4 pCPUs) instead of the scenarios")
     ap.add_argument("--sim-s", type=float, default=None, metavar="S", help="with --scaling: simulated seconds per cluster (default 10; 0.2 with --quick)")
     ap.add_argument("--layouts", action="store_true", help="also run Ray with one process per pCPU (run.ray_processes_per_host), side by side")
-    ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times per backend, alternating; speeds are medians")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario (or, with --scaling, each size) N times per backend, alternating; speeds are medians")
     a = ap.parse_args()
     if a.scaling:
         backends = a.backend or ["inline", "ray"]
         with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-            sres = scaling(a.quick, backends, a.sim_s)
+            sres = scaling(a.quick, backends, a.sim_s, max(1, a.repeat))
         if a.json:
             print(json.dumps(sres, indent=2))
         else:
