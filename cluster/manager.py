@@ -1,11 +1,15 @@
 """DomainManager: the toolstack (xl/libxl) of the simulated cluster.
 
 It owns the host registry and the domain table, creates every domain at time 0, and drives
-the hosts in coarse steps: all hosts advance together to the next instant the toolstack must
-act (a config event, a migration step, a control-loop step every ``control_period_ms`` when
-policies or power are configured) or the driver's next pause, and then it acts, with every
-host standing at that instant. It never stops hosts for nothing: under Ray every stop is a
-round of actor calls. Hosts never talk to each other except through it.
+the hosts in coarse steps to the next instant the toolstack must act (a config event, a
+migration step, a control-loop step every ``control_period_ms`` when policies or power are
+configured) or the driver's next pause, and then it acts. It never stops hosts for nothing:
+under Ray every stop is a round of actor calls. Hosts never talk to each other except through
+it, so a step that concerns some hosts only (a migration's PAGE_DATA batch: its source and
+destination) advances only those; the others stay behind and are brought to the manager's
+instant before anything is asked of them (``HostTable``), at the latest at the driver's next
+pause. A host stopped and resumed behaves as if it had not stopped (tested), so this changes no
+result.
 
 It talks to hosts only through typed clients (``cluster.hostclient.HostClient``) whose
 methods return pending answers, so that under Ray all hosts run their stretch in parallel
@@ -15,6 +19,7 @@ inside the domain-manager actor under Ray.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from hosts.clock import NEVER
@@ -47,10 +52,34 @@ from cluster.network import Network
 T = TypeVar("T")
 
 
+class HostTable(Mapping[str, HostClient]):
+    """The hosts' clients, as the toolstack's code reads them: a live host left behind by the
+    manager's last steps is brought to the manager's instant before its client is handed out."""
+
+    __slots__ = ("_mgr", "_clients")
+
+    def __init__(self, mgr: DomainManager, clients: dict[str, HostClient]):
+        self._mgr = mgr
+        self._clients = clients
+
+    def __getitem__(self, name: str) -> HostClient:
+        client = self._clients[name]
+        self._mgr.sync((name,))
+        return client
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._clients)
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
 class DomainManager:
     def __init__(self, plan: Plan, hosts: dict[str, HostClient]):
         self.plan = plan
-        self.hosts = hosts
+        self.clients = hosts  # the raw table: only the stepping code below reads it
+        self.hosts = HostTable(self, hosts)
+        self.host_now: dict[str, int] = {name: 0 for name in hosts}  # the instant each host stands at
         self.now = 0
         self.domains: dict[int, DomainInfo] = {d.uid: d for d in plan.domains}
         self.where: dict[int, str] = dict(plan.dom_host)
@@ -93,7 +122,19 @@ class DomainManager:
         return self.gather({host: answer})[host]
 
     def live_hosts(self) -> dict[str, HostClient]:
-        return {name: h for name, h in self.hosts.items() if name not in self.failed and name not in self.lost_hosts}
+        """Every host neither failed nor lost, each standing at the manager's instant."""
+        live = {name: h for name, h in self.clients.items() if name not in self.failed and name not in self.lost_hosts}
+        self.sync(live)
+        return live
+
+    def sync(self, names: Iterable[str]) -> None:
+        """Bring the named live hosts that stand behind the manager's instant to it (together)."""
+        now = self.now
+        behind = [n for n in names if self.host_now[n] < now and n not in self.failed and n not in self.lost_hosts]
+        if behind:
+            self.gather({n: self.clients[n].run_until(now) for n in behind})
+            for n in behind:
+                self.host_now[n] = now
 
     def _maybe_lost(self, errors: list[tuple[str, Exception]]) -> None:
         """A host whose actors died with their node: abort what involves it, stop the run."""
@@ -152,36 +193,53 @@ class DomainManager:
         return t
 
     def run_until(self, t_end: int, progress: Callable[[int], None] | None = None) -> None:
-        """Advance the cluster to ``t_end``, acting on every event and activity on the way."""
+        """Advance the cluster to ``t_end``, acting on every event and activity on the way;
+        every live host stands at ``t_end`` on return."""
         while True:
             self._act()
             if self.now >= t_end:
                 break
             nxt = min(t_end, self.next_action_ns())
             try:
-                self.run_hosts(nxt)
+                self.run_hosts(nxt, None if nxt >= t_end else self.due_hosts(nxt))
             except RunIncomplete as exc:
                 self.now = exc.now = nxt  # the surviving hosts reached it; the lost ones died on the way
                 raise
             self.now = nxt
             if progress is not None:
                 progress(self.now)
+        self.live_hosts()
 
-    def run_hosts(self, t_ns: int) -> None:
-        """Every live host to ``t_ns``. A migration whose next PAGE_DATA batch leaves at
-        ``t_ns`` has its source read the batch in the same exchange (``prefetch``): a pure read
-        moved before the other toolstack actions of that instant, one round trip instead of two
-        under Ray."""
+    def due_hosts(self, t_ns: int) -> set[str] | None:
+        """The hosts the toolstack acts on at ``t_ns``: those of the migrations due then, or
+        None (all) when an event or the control loop is due, which may concern any host."""
+        if (self.events and self.events[0].at_ns <= t_ns) or (self.control is not None and self.control.next_ns() <= t_ns):
+            return None
+        due: set[str] = set()
+        for a in self.activities:
+            if a.next_ns() <= t_ns:
+                due.update((a.src, a.dst))
+        return due
+
+    def run_hosts(self, t_ns: int, only: set[str] | None = None) -> None:
+        """The live hosts (or those of ``only``) to ``t_ns``. A migration whose next PAGE_DATA
+        batch leaves at ``t_ns`` has its source read the batch in the same exchange
+        (``prefetch``): a pure read moved before the other toolstack actions of that instant,
+        one round trip instead of two under Ray."""
         wants: dict[str, tuple[Migration, int, bytes]] = {}
         for m in self.activities:
             want = m.prefetch(t_ns)
-            if want is not None and m.src not in wants:
+            if want is not None and m.src not in wants and (only is None or m.src in only):
                 wants[m.src] = (m, *want)
         futs: dict[str, Pending[Any]] = {}
-        for name, h in self.live_hosts().items():
+        for name, h in self.clients.items():
+            if name in self.failed or name in self.lost_hosts or (only is not None and name not in only):
+                continue
             w = wants.get(name)
             futs[name] = h.run_then_read_page_data(t_ns, w[1], w[2]) if w is not None else h.run_until(t_ns)
         got = self.gather(futs)
+        for name in futs:
+            self.host_now[name] = t_ns
         for name, (m, _uid, pfns) in wants.items():
             if name in got:
                 m.prefetched = (t_ns, pfns, got[name])
@@ -339,7 +397,8 @@ class DomainManager:
     def finish(self) -> dict[str, list[PcpuReport]]:
         """Close every host's books (a failed host's at the instant it failed; a lost host has
         none); returns per host the pCPU reports."""
-        alive = {name: h for name, h in self.hosts.items() if name not in self.lost_hosts}
+        self.live_hosts()  # the survivors of a run cut short stand at its last instant
+        alive = {name: h for name, h in self.clients.items() if name not in self.lost_hosts}
         if self.control is not None and not self.lost_hosts:
             self.control.finish(self.now)  # the last period's utilisation and energy
         stats = {name: self.ask(name, h.stats()) for name, h in alive.items()}

@@ -50,7 +50,7 @@ from hosts.codec import MAX_BATCH_PAGES, REC_DOMAIN, REC_END, REC_VCPU, header, 
 from hosts.host import PAGE_XTAB
 
 from cluster.config.schema import MigrationCfg
-from cluster.hostclient import Pending
+from cluster.hostclient import HostClient, Pending
 
 if TYPE_CHECKING:
     from cluster.manager import DomainManager
@@ -237,8 +237,6 @@ class Migration:
         self.uid = uid
         self.src = mgr.where[uid]
         self.dst = dst
-        self.srch = mgr.hosts[self.src]
-        self.dsth = mgr.hosts[dst]
         self.records_fut: Pending[list[bytes]] | None = None
         self.params = params
         self.start_ns = now
@@ -267,6 +265,14 @@ class Migration:
         self.applying: list[Pending[int]] = []  # PAGE_DATA records the destination is storing
 
     # --- plumbing ------------------------------------------------------------------------------
+    @property
+    def srch(self) -> HostClient:
+        return self.mgr.hosts[self.src]
+
+    @property
+    def dsth(self) -> HostClient:
+        return self.mgr.hosts[self.dst]
+
     def next_ns(self) -> int:
         return self.t_next if not self.done else NEVER
 

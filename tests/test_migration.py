@@ -359,3 +359,70 @@ def test_same_migration_same_figures_inline_and_ray(ray_session):
     for k in ("status", "total_ms", "downtime_ms", "rounds", "pages_sent", "bytes_sent", "memory_match", "vcpu_match"):
         assert ma[k] == mb[k], k
     assert [r["pages_sent"] for r in ma["per_round"]] == [r["pages_sent"] for r in mb["per_round"]]
+
+
+def bystander_doc():
+    """The hammer migration (host0 -> host1) beside a third host running its own I/O guest."""
+    doc = hammer("xen")
+    doc["hosts"].append({"name": "host2", "pcpus": 2, "mem_mib": 2048})
+    doc["domains"].append({"name": "bystander", "host": "host2", "mem_mib": 64, "workload": {"kind": "io", "think_ms": 3, "burst_us": 300}})
+    return doc
+
+
+def run_counting_runs(doc, every_step: bool):
+    """Run inline in one go; (runs asked of each host, pCPU reports, the migration's outcome).
+    ``every_step``: the manager stops every host at every step, as it did before it left the
+    hosts a step does not concern behind."""
+    from collections import Counter
+
+    from hosts import hostops
+
+    k = Kept(doc)
+    if every_step:
+        k.mgr.due_hosts = lambda t_ns: None
+    runs: Counter[str] = Counter()
+    for h in k.mgr.clients.values():
+        def send(req, _orig=h.t.send, _name=h.name):
+            if type(req) in (hostops.RunUntil, hostops.RunThen):
+                runs[_name] += 1
+            return _orig(req)
+        h.t.send = send
+    try:
+        k.mgr.run_until(k.plan.duration_ns)
+        reports = k.be.reports(k.mgr.finish(), set())
+        out = k.mgr.migrations[0].out
+    finally:
+        k.close()
+    flat = sorted((r.host, r.pcpu, r.digest, r.busy_ns, r.events) for rs in reports.values() for r in rs)
+    return runs, flat, out
+
+
+def test_a_host_no_migration_step_concerns_is_not_stopped_at_its_batches():
+    """A PAGE_DATA step concerns the migration's source and destination only. The third host
+    is asked to run twice: to the migrate event's instant (an event may concern any host) and
+    to the end; its results, and everyone's, are those of a run stopping every host at every
+    step (hosts stopped and resumed behave as if they had not stopped)."""
+    lazy_runs, lazy, m_lazy = run_counting_runs(bystander_doc(), every_step=False)
+    all_runs, every, m_all = run_counting_runs(bystander_doc(), every_step=True)
+    batches = sum(-(-r["pages_sent"] // 1024) for r in m_lazy.per_round)
+    assert m_lazy.status == "completed" and m_lazy.memory_match and m_lazy.vcpu_match
+    assert lazy_runs["host2"] == 2
+    assert lazy_runs["host0"] >= batches and lazy_runs["host1"] >= batches
+    assert all_runs["host2"] == all_runs["host0"] >= batches  # before: every host, every step
+    assert lazy == every
+    for f in ("total_ms", "downtime_ms", "rounds", "pages_sent", "bytes_sent", "per_round"):
+        assert getattr(m_lazy, f) == getattr(m_all, f), f
+
+
+def test_a_host_left_behind_is_brought_to_the_managers_instant_before_it_is_asked():
+    k = Kept(bystander_doc())
+    try:
+        t = 7_000_000
+        k.mgr.run_hosts(t, {"host0", "host1"})
+        k.mgr.now = t
+        assert k.hosts["host2"].engine.now == 0 and k.hosts["host0"].engine.now == t
+        k.mgr.hosts["host2"]  # what every toolstack read goes through
+        assert k.hosts["host2"].engine.now == t
+        assert k.mgr.host_now == {"host0": t, "host1": t, "host2": t}
+    finally:
+        k.close()
