@@ -2,7 +2,8 @@
 
 A :class:`Migration` is an activity of the domain manager, stepped at the simulated instants
 it has something to do (a batch has left the wire, a round ended, the domain has stopped...).
-With every host standing at that instant it:
+With its source and destination standing at that instant (the other hosts may stand behind:
+the manager steps only the hosts a step concerns) it:
 
 1. checks the destination has room (refused before anything happens otherwise), reserves the
    domain there (memory populated, domain-table entry, paused, no vCPUs), opens a flow on the
