@@ -426,3 +426,14 @@ def test_a_host_left_behind_is_brought_to_the_managers_instant_before_it_is_aske
         assert k.mgr.host_now == {"host0": t, "host1": t, "host2": t}
     finally:
         k.close()
+
+
+@pytest.mark.ray
+def test_a_host_left_behind_gives_the_same_figures_on_ray(ray_session):
+    """The bystander run on Ray (its host stopped only when a step concerns it, through the
+    manager actor) gives inline's digest and migration figures."""
+    a = simulate(bystander_doc()).summary
+    b = simulate(bystander_doc(), backend="ray").summary
+    assert a["trace_digest"] == b["trace_digest"]
+    for k in ("status", "total_ms", "downtime_ms", "rounds", "pages_sent", "memory_match", "vcpu_match"):
+        assert mig(a)[k] == mig(b)[k], k
