@@ -121,16 +121,20 @@ class DomainManager:
         """The answer of one request to ``host``."""
         return self.gather({host: answer})[host]
 
+    def is_live(self, name: str) -> bool:
+        """Neither failed nor lost with its node: a host the manager still steps."""
+        return name not in self.failed and name not in self.lost_hosts
+
     def live_hosts(self) -> dict[str, HostClient]:
-        """Every host neither failed nor lost, each standing at the manager's instant."""
-        live = {name: h for name, h in self.clients.items() if name not in self.failed and name not in self.lost_hosts}
+        """Every live host, each standing at the manager's instant."""
+        live = {name: h for name, h in self.clients.items() if self.is_live(name)}
         self.sync(live)
         return live
 
     def sync(self, names: Iterable[str]) -> None:
         """Bring the named live hosts that stand behind the manager's instant to it (together)."""
         now = self.now
-        behind = [n for n in names if self.host_now[n] < now and n not in self.failed and n not in self.lost_hosts]
+        behind = [n for n in names if self.host_now[n] < now and self.is_live(n)]
         if behind:
             self.gather({n: self.clients[n].run_until(now) for n in behind})
             for n in behind:
@@ -233,7 +237,7 @@ class DomainManager:
                 wants[m.src] = (m, *want)
         futs: dict[str, Pending[Any]] = {}
         for name, h in self.clients.items():
-            if name in self.failed or name in self.lost_hosts or (only is not None and name not in only):
+            if not self.is_live(name) or (only is not None and name not in only):
                 continue
             w = wants.get(name)
             futs[name] = h.run_then_read_page_data(t_ns, w[1], w[2]) if w is not None else h.run_until(t_ns)

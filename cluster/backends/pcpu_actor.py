@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cluster.backends.shm import Doorbells, Segment, ShmPorts
 
 
-def _doc(b: bytes) -> dict[str, Any]:
+def unpack_doc(b: bytes) -> dict[str, Any]:
     """A config document sent as msgpack (lists stay lists)."""
     doc: dict[str, Any] = msgpack.unpackb(b, raw=False, strict_map_key=False)
     return doc
@@ -33,7 +33,7 @@ def _doc(b: bytes) -> dict[str, Any]:
 def _spec(host_cfg: bytes, run_cfg: bytes) -> HostSpec:
     from cluster.config import host_spec
 
-    return host_spec(_doc(host_cfg), _doc(run_cfg))
+    return host_spec(unpack_doc(host_cfg), unpack_doc(run_cfg))
 
 
 def _mem_bytes(spec: HostSpec) -> int:

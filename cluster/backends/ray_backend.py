@@ -33,7 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from hosts.messages import PcpuReport
 from hosts.wire import message
 
-from cluster.backends.pcpu_actor import PcpuActor, _doc
+from cluster.backends.pcpu_actor import PcpuActor, unpack_doc
 from cluster.backends.shm import packb, unpackb
 from cluster.config import Plan, build_plan, validate_doc
 from cluster.errors import HostLost, ManagerError, PlacementError, RunIncomplete
@@ -211,7 +211,7 @@ class ManagerActor:
     def __init__(self, resolved: bytes, masters: dict[str, Any]):
         from cluster.manager import DomainManager
 
-        plan = build_plan(validate_doc(_doc(resolved), "<resolved config>"))
+        plan = build_plan(validate_doc(unpack_doc(resolved), "<resolved config>"))
         self.mgr = DomainManager(plan, {name: HostClient(name, RayTransport(name, m)) for name, m in masters.items()})
 
     def _do(self, fn: Callable[[], Any]) -> bytes:
